@@ -7,9 +7,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from model import cli as model_cli
 from model.schema import SchemaError
+
+from .labelstudio import LabelStudioError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +20,78 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="logging level (default: LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     model_cli.add_commands(sub)
+    _add_backend_commands(sub)
     return parser
+
+
+def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the ML backend (web process; embeds Redis and a worker when REDIS_URL is unset)")
+    p.add_argument("--port", type=int, default=None, help="default: PORT or 9090")
+    p.add_argument("--no-worker", action="store_true", help="do not start a worker beside the web process")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("worker", help="run a training worker on REDIS_URL (any number, on any machine sharing MODEL_DIR)")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("connect", help="connect a Label Studio project to this backend")
+    p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL"), help="Label Studio URL (default: LABEL_STUDIO_URL)")
+    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="default: LABEL_STUDIO_API_KEY")
+    p.add_argument("--project", required=True, type=int)
+    p.add_argument("--backend-url", required=True, help="the URL Label Studio reaches this backend at, e.g. http://localhost:9090")
+    p.add_argument("--title", default="weather-al")
+    p.add_argument("--local-storage", type=Path, default=None, help="absolute folder under LOCAL_FILES_DOCUMENT_ROOT to attach as Local Storage")
+    p.set_defaults(func=_cmd_connect)
+
+    p = sub.add_parser("undo-accept", help="take back a bulk accept of certified predictions by its record id")
+    p.add_argument("--project", required=True, type=int)
+    p.add_argument("--record", default=None, help="record id; omit to list the records")
+    p.set_defaults(func=_cmd_undo_accept)
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from .server import serve
+    from .settings import get_settings
+
+    settings = get_settings()
+    if args.port:
+        settings = settings.model_copy(update={"port": args.port})
+    serve(settings, with_worker=False if args.no_worker else None)
+
+
+def _cmd_worker(args: argparse.Namespace) -> None:
+    from .server import work
+
+    work(burst=args.burst)
+
+
+def _cmd_connect(args: argparse.Namespace) -> None:
+    from .connect import connect
+    from .settings import get_settings
+
+    if not args.url or not args.api_key:
+        raise model_cli.UsageError("--url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY) are required")
+    s = get_settings()
+    auth = (s.basic_auth_user, s.basic_auth_pass) if s.basic_auth_enabled else None
+    out = connect(args.url, args.api_key, args.project, args.backend_url, args.title, args.local_storage, auth)
+    print(f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, uniform sampling until the first model")
+
+
+def _cmd_undo_accept(args: argparse.Namespace) -> None:
+    from .autolabel import list_accepts, undo_accept
+    from .labelstudio import LabelStudioProject
+    from .settings import get_settings
+    from .store import ModelStore
+
+    s = get_settings()
+    store = ModelStore(s.model_dir)
+    if not args.record:
+        for r in list_accepts(store, str(args.project)):
+            print(f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}")
+        return
+    ls = LabelStudioProject(s.label_studio_url, s.label_studio_api_key or "", args.project)
+    n = undo_accept(ls, store, str(args.project), args.record)
+    print(f"deleted {n} machine annotation(s) of record {args.record}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (model_cli.UsageError, SchemaError, FileNotFoundError, ValueError) as exc:
+    except (model_cli.UsageError, SchemaError, FileNotFoundError, ValueError, LabelStudioError) as exc:
         print(f"weather-al {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

