@@ -1,0 +1,185 @@
+"""The web process against a real Redis: protocol replies, folding of training requests, faults, auth."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import redis
+
+from backend.app import create_app
+from backend.queue import KEY, Broker
+from backend.settings import Settings
+from backend.store import ModelStore
+from conftest import write_tiny_set
+from model.data import read_manifest
+from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
+from model.training import TrainConfig, train
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+LABEL_CONFIG = DEFAULT_LABEL_CONFIG.read_text()
+
+
+@pytest.fixture()
+def broker() -> Broker:
+    b = Broker(REDIS_URL)
+    if not b.ping():
+        pytest.fail(f"these tests need a real Redis at {REDIS_URL} (.ci/run starts one)")
+    b.conn.flushdb()
+    yield b
+    b.conn.flushdb()
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory) -> tuple[Path, Path, str]:
+    """A model store with one current version for project 7, and the images it can predict."""
+    root = tmp_path_factory.mktemp("store")
+    data = write_tiny_set(root / "docs" / "imgs", 27)
+    schema = LabelSchema.from_file()
+    result = train(read_manifest(data.manifest, schema), TrainConfig(image_size=48, epochs=1, workers=0), progress=False, version="v1-test")
+    store = ModelStore(root / "models")
+    store.save_version("7", result.model, trained_on={"train": []})
+    store.promote("7", "v1-test")
+    return root / "models", root / "docs", "v1-test"
+
+
+def make_client(tmp_path: Path, broker: Broker | None, **overrides):
+    settings = Settings(model_dir=overrides.pop("model_dir", tmp_path / "models"), redis_url=broker.url if broker else None,
+                        label_studio_api_key=None, **overrides)
+    return create_app(settings, broker=broker).test_client()
+
+
+def test_health_setup_and_versions(tmp_path, broker):
+    c = make_client(tmp_path, broker)
+    h = c.get("/health").get_json()
+    assert h["status"] == "UP" and h["redis"] == "up"
+    r = c.post("/setup", json={"project": "3.1700000000", "schema": LABEL_CONFIG, "hostname": "http://localhost:8080", "access_token": "x"})
+    assert r.status_code == 200 and r.get_json() == {"model_version": "untrained"}
+    assert c.get("/versions").get_json()["versions"] == []
+
+
+def test_predict_without_model_returns_one_empty_item_per_task(tmp_path, broker):
+    c = make_client(tmp_path, broker)
+    r = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/x.jpg"}}, {"id": 2, "data": {"image": "/y.jpg"}}],
+                                 "project": "3.17", "label_config": LABEL_CONFIG})
+    assert r.status_code == 200
+    assert r.get_json()["results"] == [[], []]
+
+
+def test_webhook_folds_events_while_a_run_waits(tmp_path, broker):
+    c = make_client(tmp_path, broker, train_every=2)
+    first = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 5}}).get_json()
+    second = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 5}}).get_json()
+    assert (first["status"], second["status"]) == ("queued", "folded")
+    assert len(broker.queue) == 1
+    # the job clears its waiting mark as it starts: the next event queues exactly one more run
+    broker.start_run("5")
+    counted = c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}, "annotation": {"id": 1}}).get_json()
+    queued = c.post("/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 5}, "annotation": {"id": 1}}).get_json()
+    assert (counted["status"], queued["status"]) == ("counted", "queued")
+    assert len(broker.queue) == 2
+    job = broker.queue.jobs[0]
+    assert job.func_name == "backend.jobs.train_project" and job.args == [5]
+
+
+def test_unknown_action_is_ignored_with_200(tmp_path, broker):
+    r = make_client(tmp_path, broker).post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 5}})
+    assert r.status_code == 200 and r.get_json()["status"] == "ignored"
+    assert len(broker.queue) == 0
+
+
+@pytest.mark.parametrize("path,body,status", [
+    ("/predict", b"{not json", 400),
+    ("/predict", b'{"project": "3.1"}', 400),
+    ("/predict", b'{"tasks": [], "project": "abc"}', 400),
+    ("/setup", b'{"project": "3.1", "schema": "<View><Text name=\\"t\\" value=\\"$t\\"/></View>"}', 422),
+    ("/setup", b'{"project": "3.1", "schema": "<View"}', 422),
+    ("/webhook", b'{"project": {"id": 1}}', 400),
+    ("/webhook", b'[1, 2]', 400),
+])
+def test_bad_requests_get_a_4xx_with_a_message_and_no_trace(tmp_path, broker, path, body, status):
+    r = make_client(tmp_path, broker).post(path, data=body, content_type="application/json")
+    assert r.status_code == status
+    msg = r.get_json()["error"]
+    assert msg and "Traceback" not in msg and "File \"" not in msg
+
+
+def test_redis_down_webhook_503_health_reports_predict_still_serves(tmp_path, trained_store):
+    models, docs, version = trained_store
+    down = Broker("redis://127.0.0.1:1/0")
+    c = make_client(tmp_path, down, model_dir=models, local_files_document_root=docs)
+    assert c.get("/health").get_json()["redis"] == "down"
+    r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert r.status_code == 503 and "Redis" in r.get_json()["error"]
+    p = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=imgs/images/0000.jpg"}}],
+                                 "project": "7.1", "label_config": LABEL_CONFIG})
+    assert p.status_code == 200 and p.get_json()["results"][0]["model_version"] == version
+
+
+def test_predict_broken_image_costs_only_its_task_and_cache_hits(tmp_path, trained_store, broker):
+    models, docs, version = trained_store
+    (docs / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    c = make_client(tmp_path, broker, model_dir=models, local_files_document_root=docs)
+    tasks = [
+        {"id": 11, "data": {"image": "/data/local-files/?d=imgs/images/0001.jpg"}},
+        {"id": 12, "data": {"image": "/data/local-files/?d=imgs/broken.jpg"}},
+        {"id": 13, "data": {"image": "/data/local-files/?d=../../etc/passwd"}},
+        {"id": 14, "data": {"image": "/data/local-files/?d=imgs/images/0002.jpg"}},
+    ]
+    res = c.post("/predict", json={"tasks": tasks, "project": "7.1", "label_config": LABEL_CONFIG}).get_json()["results"]
+    assert len(res) == 4 and res[1] == [] and res[2] == []
+    schema = LabelSchema.from_file()
+    for item in (res[0], res[3]):
+        assert item["model_version"] == version and 0.0 <= item["score"] <= 1.0
+        got = {r["from_name"]: r["value"]["choices"][0] for r in item["result"]}
+        assert set(got) == set(schema.head_names)
+        assert all(got[h.name] in h.classes for h in schema.heads)
+    # the same task again is served from the cache: identical, even after its file is gone
+    shutil.copy(docs / "imgs" / "images" / "0001.jpg", tmp_path / "keep.jpg")
+    (docs / "imgs" / "images" / "0001.jpg").unlink()
+    again = c.post("/predict", json={"tasks": tasks[:1], "project": "7.1", "label_config": LABEL_CONFIG}).get_json()["results"]
+    shutil.copy(tmp_path / "keep.jpg", docs / "imgs" / "images" / "0001.jpg")
+    assert again == res[:1]
+
+
+def test_schema_change_is_a_409_that_says_retrain(tmp_path, trained_store, broker):
+    models, docs, _ = trained_store
+    other = LABEL_CONFIG.replace('<Choice value="snow"/>', '<Choice value="snow"/><Choice value="fog"/>')
+    r = make_client(tmp_path, broker, model_dir=models, local_files_document_root=docs).post(
+        "/predict", json={"tasks": [{"id": 1, "data": {"image": "/x"}}], "project": "7.1", "label_config": other})
+    assert r.status_code == 409 and "retrain" in r.get_json()["error"]
+
+
+def test_basic_auth_guards_every_endpoint_but_health(tmp_path, broker):
+    c = make_client(tmp_path, broker, basic_auth_user="lead", basic_auth_pass="s3cret")
+    assert c.get("/health").status_code == 200
+    for method, path in (("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/versions"), ("get", "/metrics")):
+        assert getattr(c, method)(path, json={}).status_code == 401
+    good = {"Authorization": "Basic " + base64.b64encode(b"lead:s3cret").decode()}
+    assert c.get("/versions", headers=good).status_code == 200
+    bad = {"Authorization": "Basic " + base64.b64encode(b"lead:wrong").decode()}
+    assert c.get("/versions", headers=bad).status_code == 401
+
+
+def test_metrics_exports_requests_and_store_counters(tmp_path, broker):
+    store = ModelStore(tmp_path / "models")
+    store.update_state("4", human_labeled=40, machine_labeled=120, runs={"promoted": 2})
+    c = make_client(tmp_path, broker)
+    c.get("/health")
+    text = c.get("/metrics").get_data(as_text=True)
+    assert 'weather_al_requests_total{endpoint="/health",status="200"} 1.0' in text
+    assert 'weather_al_human_labeled{project="4"} 40.0' in text
+    assert 'weather_al_machine_labeled{project="4"} 120.0' in text
+    assert 'weather_al_training_runs{project="4",result="promoted"} 2.0' in text
+
+
+def test_queue_unreachable_raises_clear_error():
+    b = Broker("redis://:hunter2@127.0.0.1:1/0")
+    with pytest.raises(Exception) as info:
+        b.request_training("1", "test")
+    assert "hunter2" not in str(info.value) and "Redis" in str(info.value)
+    assert KEY.format("1", "waiting") == "weather-al:1:waiting"
+    assert isinstance(b.conn, redis.Redis)
