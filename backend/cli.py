@@ -43,6 +43,16 @@ def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-storage", type=Path, default=None, help="absolute folder under LOCAL_FILES_DOCUMENT_ROOT to attach as Local Storage")
     p.set_defaults(func=_cmd_connect)
 
+    p = sub.add_parser("demo", help="the whole loop on this machine: Label Studio, Redis, backend, worker, synthetic scenes")
+    p.add_argument("--workdir", type=Path, default=Path("demo_data"), help="where everything is kept (default ./demo_data)")
+    p.add_argument("--n", type=int, default=600, help="synthetic scenes in the project (default 600)")
+    p.add_argument("--seed-size", type=int, default=100, help="random seed set labeled first (default 100)")
+    p.add_argument("--k", type=int, default=50, help="tasks people label per cycle (default 50)")
+    p.add_argument("--cycles", type=int, default=0, help="unattended cycles after the first training (default 0)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the training default)")
+    p.add_argument("--no-wait", action="store_true", help="stop everything after the cycles instead of waiting for a person")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("undo-accept", help="take back a bulk accept of certified predictions by its record id")
     p.add_argument("--project", required=True, type=int)
     p.add_argument("--record", default=None, help="record id; omit to list the records")
@@ -77,6 +87,12 @@ def _cmd_connect(args: argparse.Namespace) -> None:
     print(f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, uniform sampling until the first model")
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.workdir, n=args.n, seed_size=args.seed_size, cycles=args.cycles, wait=not args.no_wait, k=args.k, epochs=args.epochs)
+
+
 def _cmd_undo_accept(args: argparse.Namespace) -> None:
     from .autolabel import list_accepts, undo_accept
     from .labelstudio import LabelStudioProject
@@ -97,6 +113,7 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per SDK request drowns the useful ones
     try:
         args.func(args)
     except (model_cli.UsageError, SchemaError, FileNotFoundError, ValueError, LabelStudioError) as exc:

@@ -37,9 +37,10 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -66,9 +67,21 @@ class FetchError(ValueError):
     """An image URL that cannot or must not be fetched; the message says why (never the token)."""
 
 
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise FetchError(f"refusing {_shown(url)}: not a valid URL ({exc})") from None
+
+
+def _shown(url: str) -> str:
+    """The URL for a message, cut short: a ``data:`` URI can be megabytes long."""
+    return repr(url if len(url) <= 200 else url[:200] + "...")
+
+
 def _origin(url: str) -> Origin:
     """(scheme, host, port) of an http(s) URL, with the default port filled in."""
-    parts = urlsplit(url)
+    parts = _split(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise FetchError(f"refusing {url!r}: only http and https URLs are fetched, not {scheme or 'a schemeless'} URLs")
@@ -99,7 +112,10 @@ class ImageFetcher:
         deadline: float = 60.0,
     ) -> None:
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
-        self._origin = _origin(self.label_studio_url) if self.label_studio_url else None
+        try:
+            self._origin = _origin(self.label_studio_url) if self.label_studio_url else None
+        except FetchError as exc:
+            raise FetchError(f"LABEL_STUDIO_URL must be an http(s) URL such as http://localhost:8080: {exc}") from None
         self._auth_header = self._authorization(token)
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -107,9 +123,17 @@ class ImageFetcher:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.deadline = deadline
-        self._session = requests.Session()
-        # No cookies kept between requests: each download stands alone, nothing carries across origins.
-        self._session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self._per_thread = threading.local()
+
+    @property
+    def _session(self) -> requests.Session:
+        """One session per thread (callers fetch from thread pools), keeping no cookies: each download
+        stands alone and nothing carries from one origin to another."""
+        session = getattr(self._per_thread, "session", None)
+        if session is None:
+            session = self._per_thread.session = requests.Session()
+            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        return session
 
     @staticmethod
     def _authorization(token: str | None) -> str | None:
@@ -123,16 +147,16 @@ class ImageFetcher:
     def fetch(self, url: str) -> Path:
         """A local file holding the image at ``url``; raises FetchError saying why when it cannot."""
         if not isinstance(url, str) or not url.strip():
-            raise FetchError(f"the task has no image URL (got {url!r})")
+            raise FetchError(f"the task has no image URL (got {url!r:.200})")
         url = url.strip()
-        parts = urlsplit(url)
+        parts = _split(url)
         if parts.scheme:
             if parts.scheme.lower() not in _DEFAULT_PORTS:
                 raise FetchError(
-                    f"refusing {url!r}: the {parts.scheme}: scheme is not supported; use http(s) URLs, "
+                    f"refusing {_shown(url)}: the {parts.scheme}: scheme is not supported; use http(s) URLs, "
                     "Label Studio uploads or Local Storage (/data/local-files/?d=...)"
                 )
-            return self._download(url, credentials=_origin(url) == self._origin)
+            return self._download(url)
         if parts.netloc:
             raise FetchError(f"refusing {url!r}: a scheme-relative URL; give the full http(s) URL")
         if url.startswith("/data/local-files") and self.document_root is not None:
@@ -140,7 +164,7 @@ class ImageFetcher:
         if url.startswith(LABEL_STUDIO_PATHS):
             if self.label_studio_url is None:
                 raise FetchError(f"cannot download {url!r}: it is a Label Studio path and LABEL_STUDIO_URL is not set")
-            return self._download(self.label_studio_url + url, credentials=True)
+            return self._download(self.label_studio_url + url)
         if self.document_root is None:
             raise FetchError(
                 f"refusing {url!r}: plain paths are read only under LOCAL_FILES_DOCUMENT_ROOT, which is not set"
@@ -169,16 +193,16 @@ class ImageFetcher:
     def cache_path(self, url: str) -> Path:
         """Where the download of absolute ``url`` is cached: the URL's SHA-256 plus its file suffix."""
         digest = hashlib.sha256(url.encode("utf-8")).hexdigest()
-        suffix = Path(urlsplit(url).path).suffix
+        suffix = Path(_split(url).path).suffix
         return self.cache_dir / (digest + (suffix if _SUFFIX_RE.fullmatch(suffix) else ""))
 
-    def _download(self, url: str, credentials: bool) -> Path:
+    def _download(self, url: str) -> Path:
         target = self.cache_path(url)
         if target.is_file():
             logger.debug("cache hit for %s: %s", url, target)
             return target
         started = time.monotonic()
-        current = url
+        current, credentials = url, True
         for _ in range(MAX_REDIRECTS + 1):
             if time.monotonic() - started > self.deadline:
                 raise FetchError(f"{url!r}: the download took over {self.deadline} s")

@@ -81,7 +81,7 @@ def _run_install_step(args: list[str], what: str) -> None:
 def ensure_label_studio(venv: Path | None = None) -> Path:
     """Return the `label-studio` executable of a venv holding label-studio==LABEL_STUDIO_VERSION.
 
-    Creates the venv and installs Label Studio (~70 s, ~1 GB) when missing or at another version.
+    Creates the venv and installs Label Studio (1-2 min, ~1 GB) when missing or at another version.
     A file lock next to the venv lets concurrent callers (parallel test sessions) share one install.
     """
     venv = Path(venv).expanduser() if venv is not None else default_venv()
@@ -97,7 +97,7 @@ def ensure_label_studio(venv: Path | None = None) -> Path:
             logger.info("Creating a venv for Label Studio at %s", venv)
             _run_install_step([sys.executable, "-m", "venv", str(venv)], "create the Label Studio venv")
         logger.info(
-            "Installing label-studio==%s into %s (found %s; takes about a minute)",
+            "Installing label-studio==%s into %s (found %s; takes 1-2 minutes)",
             LABEL_STUDIO_VERSION, venv, installed or "nothing",
         )
         started = time.monotonic()
