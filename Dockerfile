@@ -14,7 +14,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md label_config.xml ./
 COPY model ./model
 COPY backend ./backend
 # Pin the CPU builds just installed, so that no dependency of the project can swap them for CUDA ones.

@@ -182,6 +182,23 @@ def wait_for_version(ls: LabelStudio, project: int, previous: str | None, timeou
     raise TimeoutError(f"no new model version in project {project} after {timeout:.0f} s; see the worker log")
 
 
+def finished_runs(model_dir: Path, project: int) -> int:
+    """Training runs of ``project`` the workers have finished, whatever their outcome (from the store)."""
+    from .store import ModelStore
+
+    return sum((ModelStore(model_dir).state(str(project)).get("runs") or {}).values())
+
+
+def wait_for_run(ls: LabelStudio, project: int, model_dir: Path, runs_before: int, timeout: float = 1800) -> str:
+    """Wait until one more training run has finished; returns the project's model version then."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if finished_runs(model_dir, project) > runs_before:
+            return ls.projects.get(id=project).model_version
+        time.sleep(2)
+    raise TimeoutError(f"no training run of project {project} finished within {timeout:.0f} s; see the worker log")
+
+
 def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]]:
     views = [as_dict(v) for v in ls.views.list(project=project)]
     view = next((v for v in views if (v.get("data") or {}).get("title") == title), None)
@@ -215,17 +232,20 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
         print(f"the simulated annotator labels a random seed set of {len(seed_ids)} tasks ...")
         annotator.label(seed_ids)
         ml = ls.ml.list(project=project)[0]
+        models = Path(stack.env["MODEL_DIR"])
         print("training the first model (Start Training) ...")
         ls.ml.train(id=ml.id)
-        version = wait_for_version(ls, project, None)
+        version = wait_for_run(ls, project, models, 0)
         rows = [cycle_row(ls, project, answers, version, 0)]
         show_queue(ls, project)
         for c in range(1, cycles + 1):
             queue = [int(t["id"]) for t in view_tasks(ls, project, QUEUE_VIEW)[:k]]
             audit = [int(t["id"]) for t in view_tasks(ls, project, AUDIT_VIEW) if not t.get("annotations")]
             annotator.label(queue + audit)
+            runs = finished_runs(models, project)
+            print(f"cycle {c}: the simulated annotator labeled {len(queue)} queued and {len(audit)} audit tasks; retraining ...")
             ls.ml.train(id=ml.id)
-            version = wait_for_version(ls, project, version)
+            version = wait_for_run(ls, project, models, runs)
             rows.append(cycle_row(ls, project, answers, version, c))
         print_table(rows)
         url = f"{stack.label_studio.url}/projects/{project}/data"

@@ -36,7 +36,7 @@ from .autolabel import accept_band, update_views
 from .fetch import FetchError, ImageFetcher
 from .labelstudio import UNCERTAINTY, UNIFORM, LabelStudioProject
 from .predictions import CALIBRATION_FILE, prediction_items
-from .queue import Broker
+from .queue import LOCK_TTL, Broker
 from .settings import Settings, get_settings
 from .store import ModelStore
 
@@ -88,7 +88,7 @@ def _keep_lock(lock, stop: threading.Event) -> None:
     """Extend the project lock while the run lives; if the worker dies, the lock expires on its own."""
     while not stop.wait(30):
         try:
-            lock.reacquire()
+            lock.extend(LOCK_TTL, replace_ttl=True)
         except Exception as exc:
             logger.warning("could not extend the training lock: %s", exc)
 
@@ -138,7 +138,9 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
         "calibration": sorted(int(e.key) for e in calib_set), "all": sorted(int(e.key) for e in examples),
     })
 
-    promoted, comparison = should_promote(store, pid, current, model, [e for e in train_set.examples if e.key in set(result.val_keys)] + calib_set)
+    val_keys = set(result.val_keys)
+    promoted, comparison = should_promote(store, pid, current, model, [e for e in train_set.examples if e.key in val_keys] + calib_set,
+                                          settings.promote_tolerance)
     if not promoted:
         logger.info("project %s: %s not promoted: %s", pid, version, comparison)
         return {"result": "not_promoted", "version": version, "comparison": comparison}
@@ -236,8 +238,14 @@ def training_config(settings: Settings) -> TrainConfig:
     return config
 
 
-def should_promote(store: ModelStore, pid: str, current: str | None, model, examples: list[Example]) -> tuple[bool, dict[str, Any]]:
-    """Promote when not worse than the current model, judged on labels NEITHER model trained on."""
+def should_promote(store: ModelStore, pid: str, current: str | None, model, examples: list[Example],
+                   tolerance: float = 0.0) -> tuple[bool, dict[str, Any]]:
+    """Promote when not worse than the current model, judged on labels NEITHER model trained on.
+
+    "Not worse" allows ``tolerance`` of mean macro-F1: on a few dozen labels, a model trained on more
+    data that scores a hair lower is a tie, and refusing it would leave the queue ranked by a model
+    that has not seen the newest labels.
+    """
     if current is None:
         return True, {"reason": "first model"}
     try:
@@ -249,7 +257,7 @@ def should_promote(store: ModelStore, pid: str, current: str | None, model, exam
         return True, {"reason": f"only {len(fair)} labels unseen by both models; newer labels win"}
     new_f1 = mean_macro_f1(evaluate(model.score(fair, workers=0)))
     old_f1 = mean_macro_f1(evaluate(store.load(pid, current).score(fair, workers=0)))
-    return new_f1 >= old_f1 - 1e-9, {"new_macro_f1": new_f1, "current_macro_f1": old_f1, "n": len(fair), "current": current}
+    return new_f1 >= old_f1 - tolerance, {"new_macro_f1": new_f1, "current_macro_f1": old_f1, "n": len(fair), "current": current}
 
 
 def score_pool(pid: str, version: str, examples: list[Example], settings: Settings, store: ModelStore, broker: Broker | None) -> ScoreResult:

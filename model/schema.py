@@ -8,13 +8,21 @@ once what to change in the project's settings.
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+def _default_label_config() -> Path:
+    """The weather project: the repository's top-level file, or the copy a wheel installs under share/."""
+    here = Path(__file__).resolve().parent.parent / "label_config.xml"
+    installed = Path(sys.prefix) / "share" / "weather-al" / "label_config.xml"
+    return here if here.is_file() or not installed.is_file() else installed
+
+
 #: The weather project shipped at the repository's top level.
-DEFAULT_LABEL_CONFIG = Path(__file__).resolve().parent.parent / "label_config.xml"
+DEFAULT_LABEL_CONFIG = _default_label_config()
 
 _SINGLE_CHOICE = {"single", "single-radio"}
 
