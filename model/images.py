@@ -78,9 +78,8 @@ def load_image(
     """Decode ``source`` (a path or the file's bytes) into an RGB image, refusing bad input.
 
     ``target_size``: the short side the caller will resize to. JPEGs are then decoded in draft mode
-    (DCT scaling by 1/2, 1/4 or 1/8), which is several times faster than a full decode followed by a
-    resize; the result is still at least ``target_size`` on its short side, so the caller's resize
-    only ever shrinks. ``name`` labels the image in error messages (default: the path, or "<bytes>").
+    (DCT scaling by 1/2, 1/4 or 1/8), several times faster than a full decode for large photos; the
+    result is still at least ``target_size`` on its short side, so the caller's resize only shrinks. ``name`` labels the image in error messages (default: the path, or "<bytes>").
 
     Raises :class:`ImageError` for a missing or unreadable file, a file over MAX_IMAGE_BYTES, an
     image over MAX_IMAGE_PIXELS (refused from its header, before decoding), and empty, truncated,
@@ -118,7 +117,7 @@ def load_image(
         if target_size and image.format == "JPEG":
             image.draft(None, (target_size, target_size))
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(image)
     except Exception as exc:  # truncated data surfaces only here, as OSError or others
         raise ImageError(label, f"cannot decode: corrupt or truncated image data ({exc})") from exc

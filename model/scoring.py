@@ -85,6 +85,8 @@ def run_inference(
 ) -> ScoreResult:
     """Score ``examples`` with ``model`` in eval mode; unreadable images go to ``failures``."""
     workers = default_workers() if workers is None else workers
+    if len(examples) <= 2 * batch_size:
+        workers = 0  # starting worker processes costs more than decoding a couple of batches
     dataset = ImageDataset(examples, eval_transform(image_size, mean, std), image_size)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,

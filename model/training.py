@@ -46,12 +46,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run; the defaults are the fixed baseline configuration."""
+    """Every knob of a training run; the defaults are the fixed baseline configuration.
+
+    ``epochs`` is a floor: a small labeled set trains for as many epochs as ``min_steps`` optimizer
+    steps need, since a few dozen images make one batch per epoch.
+    """
 
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     image_size: int = 160
     epochs: int = 15
+    min_steps: int = 200
     batch_size: int = 32
     lr: float = 2e-3
     backbone_lr_scale: float = 0.1
@@ -66,6 +71,7 @@ class TrainConfig:
     workers: int | None = None
     unfreeze_at: tuple[int, int, int] = (300, 1500, 5000)
     trainable_stages: int | None = None
+    device: str | None = None  # None: CUDA when present, else CPU
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -103,6 +109,11 @@ def trainable_stages_for(n_labels: int, unfreeze_at: tuple[int, int, int] = (300
     if n_labels < unfreeze_at[2]:
         return 2
     return 4
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device to train on: as asked, else CUDA when present (workers on GPU hosts use it), else CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def seed_everything(seed: int) -> None:
@@ -161,14 +172,15 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
     train_labels = labels[kept]
     class_weights = {h.name: median_frequency_weights(train_labels[:, j], n_classes[j]) for j, h in enumerate(schema.heads)}
 
-    net = build_network(data, config)
+    device = resolve_device(config.device)
+    net = build_network(data, config).to(device)
     stages = config.trainable_stages if config.trainable_stages is not None else trainable_stages_for(len(labeled.examples), config.unfreeze_at)
     net.set_trainable_stages(stages)
     logger.info(
         "training on %d images (%d after undersampling to max_ratio %.0f), validating on %d; %d backbone stage(s) trainable",
         len(tr_idx), len(kept), config.max_ratio, len(va_idx), stages,
     )
-    weights_t = {h: torch.tensor(w, dtype=torch.float32) for h, w in class_weights.items()}
+    weights_t = {h: torch.tensor(w, dtype=torch.float32, device=device) for h, w in class_weights.items()}
     mean, std = net.backbone.mean, net.backbone.std
     workers = default_workers() if config.workers is None else config.workers
     loader = DataLoader(
@@ -177,15 +189,18 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         generator=torch.Generator().manual_seed(config.seed), persistent_workers=workers > 0,
     )
     optimizer = _optimizer(net, config)
-    total_steps = max(1, config.epochs * len(loader))
+    # Small labeled sets make one-batch epochs: give the new layers at least ``min_steps`` updates
+    epochs = max(config.epochs, math.ceil(config.min_steps / max(1, len(loader))))
+    patience = max(config.patience, epochs // 4)
+    total_steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps, pct_start=0.15,
     )
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
     skipped: dict[str, str] = {}
-    detach_epoch = int(math.ceil(config.detach_after * config.epochs))
-    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
+    detach_epoch = int(math.ceil(config.detach_after * epochs))
+    bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
         t0 = time.perf_counter()
         net.train()
@@ -195,8 +210,8 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
             skipped.update((train_set.examples[i].key, r) for i, r in batch["failures"])
             if "image" not in batch:
                 continue
-            out = net(batch["image"], detach_features=detach)
-            y = batch["labels"]
+            out = net(batch["image"].to(device, non_blocking=True), detach_features=detach)
+            y = batch["labels"].to(device, non_blocking=True)
             cls_loss = per_sample_loss(out.logits, y, weights_t).mean()
             target = per_sample_loss(out.logits, y).detach()
             rank_loss = ranking_loss(out.predicted_loss, target, config.margin)
@@ -223,11 +238,11 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
             score = -record["loss"]
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{record.get('val_macro_f1', float('nan')):.3f}")
-        if score > best_score:
+        if score >= best_score:  # on a tie, the later (longer trained) epoch
             best_score, best_state, best_epoch, bad_epochs = score, copy.deepcopy(net.state_dict()), epoch + 1, 0
         else:
             bad_epochs += 1
-            if bad_epochs >= config.patience:
+            if bad_epochs >= patience:
                 logger.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch)
                 break
     if skipped:
