@@ -12,6 +12,7 @@ from pathlib import Path
 from model import cli as model_cli
 from model.schema import SchemaError
 
+from .export import read_project_export
 from .labelstudio import LabelStudioError
 
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="logging level (default: LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     model_cli.add_commands(sub)
+    sub.choices["analyze"].set_defaults(read_project=read_project_export)  # --project reads a live project
     _add_backend_commands(sub)
     return parser
 

@@ -64,12 +64,14 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen] = field(default_factory=list)
     _redis: Any = None
+    _owns_label_studio: bool = True  # a Label Studio handed to ``start`` belongs to the caller, who stops it
 
     @classmethod
     def start(cls, workdir: Path, ls_port: int | None = 8080, backend_port: int | None = 9090, extra_env: dict[str, str] | None = None,
               label_studio: LocalLabelStudio | None = None) -> "Stack":
         workdir.mkdir(parents=True, exist_ok=True)
-        stack = cls(workdir=workdir, document_root=label_studio.document_root if label_studio else workdir / "files")
+        stack = cls(workdir=workdir, document_root=label_studio.document_root if label_studio else workdir / "files",
+                    _owns_label_studio=label_studio is None)
         stack.document_root.mkdir(parents=True, exist_ok=True)
         try:
             stack.label_studio = label_studio or start_label_studio(workdir / "label-studio", stack.document_root, port=free_port(ls_port))
@@ -125,10 +127,16 @@ class Stack:
                 p.terminate()
         for p in self.processes:
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                p.kill()
-        if self.label_studio is not None:
+                # a busy RQ worker waits for its job; a second SIGTERM makes it kill the work-horse (which runs in
+                # its own process group, out of reach of a signal to the worker) and exit
+                p.terminate()
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if self.label_studio is not None and self._owns_label_studio:
             self.label_studio.stop()
         if self._redis is not None:
             self._redis.shutdown()

@@ -36,7 +36,7 @@ from .autolabel import accept_band, update_views
 from .fetch import FetchError, ImageFetcher
 from .labelstudio import UNCERTAINTY, UNIFORM, LabelStudioProject
 from .predictions import CALIBRATION_FILE, prediction_items
-from .queue import LOCK_TTL, Broker
+from .queue import Broker
 from .settings import Settings, get_settings
 from .store import ModelStore
 
@@ -62,11 +62,11 @@ def train_project(project_id: int) -> dict[str, Any]:
     broker = Broker(settings.redis_url)
     pid = str(project_id)
     broker.start_run(pid)
-    lock = broker.lock(pid)
+    lock = broker.lock(pid, settings.lock_ttl)
     if not lock.acquire():
         raise RuntimeError(f"project {pid}: could not get the training lock")
     stop = threading.Event()
-    beat = threading.Thread(target=_keep_lock, args=(lock, stop), daemon=True)
+    beat = threading.Thread(target=_keep_lock, args=(lock, stop, settings.lock_ttl), daemon=True)
     beat.start()
     store = ModelStore(settings.model_dir)
     try:
@@ -84,11 +84,11 @@ def train_project(project_id: int) -> dict[str, Any]:
             pass
 
 
-def _keep_lock(lock, stop: threading.Event) -> None:
+def _keep_lock(lock, stop: threading.Event, ttl: int) -> None:
     """Extend the project lock while the run lives; if the worker dies, the lock expires on its own."""
-    while not stop.wait(30):
+    while not stop.wait(ttl / 4):
         try:
-            lock.extend(LOCK_TTL, replace_ttl=True)
+            lock.extend(ttl, replace_ttl=True)
         except Exception as exc:
             logger.warning("could not extend the training lock: %s", exc)
 

@@ -91,6 +91,8 @@ class Predictor:
         # workers=0: forking DataLoader workers from a threaded web process is unsafe, and the
         # thread pool above already overlaps the slow part (the network)
         result = model.score(examples, batch_size=self.settings.predict_batch, workers=0)
+        for row_key, reason in result.failures:  # the keys are positions in the request; name the task
+            logger.warning("task %s: no prediction: %s", tasks[int(row_key)].get("id"), reason)
         calibrator = load_calibrator(self.store.version_dir(project, model.version))
         for row_key, item in zip(result.keys, prediction_items(result, model.version, calibrator)):
             i = int(row_key)

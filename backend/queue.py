@@ -26,7 +26,6 @@ QUEUE_NAME = "weather-al"
 TRAIN_JOB = "backend.jobs.train_project"
 KEY = "weather-al:{}:{}"
 TRAIN_TIMEOUT = 4 * 3600
-LOCK_TTL = 120  # a dead worker's lock frees itself after this; a live one extends it every 30 s
 
 
 class QueueUnavailable(RuntimeError):
@@ -88,10 +87,10 @@ class Broker:
         """Called by the job as it starts: later events must queue a new run, not fold into this one."""
         self.conn.delete(KEY.format(project, "waiting"))
 
-    def lock(self, project: str):
-        """The per-project training lock (expires on its own if a worker dies holding it)."""
+    def lock(self, project: str, ttl: int):
+        """The per-project training lock (expires ``ttl`` seconds after its holder stops extending it, e.g. dies)."""
         # thread_local=False: a heartbeat thread extends the lock the job thread holds
-        return self.conn.lock(KEY.format(project, "lock"), timeout=LOCK_TTL, blocking_timeout=TRAIN_TIMEOUT, thread_local=False)
+        return self.conn.lock(KEY.format(project, "lock"), timeout=ttl, blocking_timeout=TRAIN_TIMEOUT, thread_local=False)
 
     def clear_stale_waiting(self, project: str) -> None:
         """Drop a "waiting" mark whose job no longer exists (e.g. Redis lost the job), so events queue again."""

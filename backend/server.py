@@ -79,6 +79,8 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
     settings = settings or get_settings()
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set: a worker needs the Redis that `weather-al serve` or your deployment uses")
+    from . import jobs  # noqa: F401  imported once here, so each forked work-horse starts with torch loaded
+
     broker = Broker(settings.redis_url)
     if not broker.ping():
         raise ValueError(f"cannot reach Redis at REDIS_URL; start it or fix the URL")

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     manual_batch: int = Field(100, ge=1, description="K: tasks in the manual band per cycle")
     audit_size: int = Field(30, ge=0, description="random candidates set aside for people to verify per cycle")
     promote_tolerance: float = Field(0.01, ge=0, le=1, description="a new model is promoted unless its mean macro-F1 is this much below the current one's")
+    lock_ttl: int = Field(120, ge=8, description="seconds a dead worker's project lock outlives it; a live worker renews it every lock_ttl/4")
     train_config: Path | None = Field(None, description="JSON training configuration (e.g. from `weather-al tune`)")
     epochs: int | None = Field(None, ge=1, description="override the training epochs")
     image_size: int | None = Field(None, ge=32)

@@ -1,4 +1,4 @@
-"""The model-side commands of ``weather-al``: synth, train, evaluate, score.
+"""The model-side commands of ``weather-al``: synth, train, evaluate, score, simulate.
 
 Each command is a thin layer over a library function; ``backend/cli.py`` mounts them next to the
 Label Studio commands. Errors a user can fix are raised as :class:`UsageError` and printed without a
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,50 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="JSON lines output")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("simulate", help="run the active-learning loop against a simulated annotator; write results.csv and report.html")
+    p.add_argument("--data", type=Path, default=None, help="labeled CSV manifest (truth.csv beside it is used); default: synthesise scenes into OUT/data")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--pool", type=int, default=None, help="pool size (default: all of --data but the test set; 2000 synthetic scenes)")
+    p.add_argument("--test", type=int, default=None, help="held-out test images (default: a quarter of the pool, 20..2000)")
+    p.add_argument("--seed-size", type=int, default=200, help="random seed set (about half is held out for calibration)")
+    p.add_argument("--k", type=int, default=100, help="manual picks per cycle")
+    p.add_argument("--audit", type=int, default=50, help="audit sample per cycle")
+    p.add_argument("--cycles", type=int, default=10)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    p.add_argument("--strategies", default="loss,random,entropy,margin", help="comma-separated: loss, loss+diversity, random, entropy, margin")
+    p.add_argument("--calibration-labels", choices=("annotator", "truth"), default="annotator",
+                   help="what the holdout and audits reveal: the annotator's (noisy) labels or the truth (a careful reviewer)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("analyze", help="analyse a data set: distribution, unreadable images, label problems, duplicates, outliers, human baseline")
+    p.add_argument("--data", type=Path, default=None, help="CSV manifest or Label Studio JSON export (or --url/--api-key/--project)")
+    p.add_argument("--out", required=True, type=Path, help="folder for report.html and summary.json")
+    p.add_argument("--model", type=Path, default=None, help="a checkpoint to compare with the human baseline")
+    p.add_argument("--label-config", type=Path, default=DEFAULT_LABEL_CONFIG, help="labeling config XML (default: the weather project; a live project uses its own)")
+    p.add_argument("--document-root", type=Path, default=None, help="for an export: LOCAL_FILES_DOCUMENT_ROOT its image paths are under (default: the export's folder)")
+    p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL"), help="live project: Label Studio URL (default: LABEL_STUDIO_URL)")
+    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="live project: token (default: LABEL_STUDIO_API_KEY)")
+    p.add_argument("--project", type=int, default=None, help="live project id, read through the SDK")
+    p.add_argument("--image-size", type=int, default=None, help="embedding input size (default 128)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
+    p.set_defaults(func=cmd_analyze, read_project=None)
+
+    p = sub.add_parser("tune", help="random search of training settings on the validation split; writes best_config.json")
+    _add_data_args(p)
+    p.add_argument("--trials", required=True, type=int, help="number of trials; trial 0 is the baseline configuration")
+    p.add_argument("--out", required=True, type=Path, help="folder for best_config.json, trials.csv/json and trials.png")
+    p.add_argument("--config", type=Path, default=None, help="baseline configuration (default: the fixed TrainConfig defaults)")
+    p.add_argument("--space", type=Path, default=None, help="JSON search space, e.g. {\"epochs\": [5, 10], \"lr\": [1e-4, 1e-2]}")
+    p.add_argument("--epochs", type=int, default=None, help="baseline epochs")
+    p.add_argument("--image-size", type=int, default=None, help="baseline image size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (training keeps the configuration's seed)")
+    p.set_defaults(func=cmd_tune)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -142,6 +187,83 @@ def cmd_score(args: argparse.Namespace) -> None:
             fh.write(json.dumps(row) + "\n")
     skipped = len(data.problems) + len(result.failures)
     print(f"scored {len(result)} image(s) to {args.out}" + (f"; skipped {skipped} (see the log)" if skipped else ""))
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from .simulate import SimulationData, default_test_size, simulate
+    from .training import TrainConfig
+
+    config = TrainConfig()
+    for name in ("image_size", "epochs", "backbone", "device", "workers"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.data is None:
+        from .synth import generate
+
+        pool = args.pool or 2000
+        test = args.test or default_test_size(pool)
+        generate(args.out / "data", pool + test, seed=0, workers=args.workers)
+        args.data = args.out / "data" / "manifest.csv"
+    elif not args.data.is_file():
+        raise UsageError(f"{args.data} is not a manifest file")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    data = SimulationData.from_manifest(args.data, pool_size=args.pool, test_size=args.test)
+    result = simulate(data, strategies, seeds, args.out, seed_size=args.seed_size, k=args.k, cycles=args.cycles,
+                      audit_size=args.audit, train_config=config, calibration_labels=args.calibration_labels)
+    print(f"wrote {result.results_path} and {result.report_path}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis import analyze, read_export_tasks, read_input
+    from .analysis.embeddings import EMBEDDING_SIZE
+    from .checkpoint import TrainedModel
+
+    if args.project is not None:
+        if args.read_project is None:
+            raise UsageError("--project reads a live project through the backend; run it as `weather-al analyze`")
+        if not args.url or not args.api_key:
+            raise UsageError("--project needs --url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
+        export = args.read_project(args.url, args.api_key, args.project, args.out / "images")
+        data = read_export_tasks(export.tasks, LabelSchema.from_xml(export.label_config), export.document_root,
+                                 source=f"{args.url} project {args.project}", errors=export.errors)
+    elif args.data is not None:
+        data = read_input(args.data, _schema(args.label_config), args.document_root)
+    else:
+        raise UsageError("give --data (a CSV manifest or a Label Studio JSON export), or --url, --api-key and --project")
+    model = TrainedModel.load(args.model) if args.model else None
+    result = analyze(data, args.out, model=model, image_size=args.image_size or EMBEDDING_SIZE, workers=args.workers)
+    s = result.summary
+    d = s["duplicates"]
+    print(f"{s['n_items']} images ({s['n_labeled']} labeled): {s['n_unreadable']} unreadable, "
+          f"{len(s['label_problems']['issues'])} unusable labels, {len(s['label_problems']['disagreements'])} disagreements, "
+          f"{s['label_problems']['n_flagged']} suspected wrong labels, {d['n_exact_groups']} exact and {d['n_near_groups']} near duplicate groups")
+    print(f"wrote {result.report_path} and {result.summary_path}")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .training import TrainConfig
+    from .tune import SearchSpace, format_table, tune, write_outputs
+
+    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.epochs is not None:
+        base.epochs = args.epochs
+    if args.image_size is not None:
+        base.image_size = args.image_size
+    space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
+    data = load_examples(args.data, _schema(args.label_config))
+    data.report_problems(str(args.data))
+    if not data.examples:
+        raise UsageError(f"{args.data}: no usable labeled images")
+    result = tune(data, args.trials, base=base, space=space, seed=args.seed)
+    paths = write_outputs(result, args.out, space)
+    print(format_table(result))
+    best, baseline = result.best, result.trials[0]
+    print(f"best: trial {best.number}, validation mean macro-F1 {best.score:.3f} (baseline: {baseline.score if baseline.score is None else round(baseline.score, 3)})")
+    print(f"wrote {paths['best_config']} (use: weather-al train --config {paths['best_config']}, or TRAIN_CONFIG for the backend), {paths['plot']}")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -1,0 +1,119 @@
+"""Training throughput at each unfreezing stage, and peak memory of `weather-al train`.
+
+1. images/s of the real training loop (``train()``: decoding, augmentation, forward, classification
+   and ranking losses, backward, AdamW step) with 0, 1, 2 and 4 backbone stages trainable; one epoch
+   each, no validation, taken from the loop's own ``images_per_s``.
+2. Peak RSS of ``weather-al train`` on 1,000 synthetic scenes at 160 px, run as a subprocess:
+   ``ru_maxrss`` of the children (the largest single process: the trainer; DataLoader workers are
+   separate processes and are counted on their own), and, when psutil is installed, the peak of the
+   RSS summed over the trainer and its workers (an upper bound: forked workers share pages).
+   Target: under 3 GB.
+
+    python benchmarks/bench_training.py [--n-throughput 256] [--n-memory 1000] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import SCENES, machine, synthetic_set, table
+from model.data import read_manifest
+from model.schema import LabelSchema
+from model.training import TrainConfig, train
+
+TARGET_GB = 3.0
+
+
+def throughput(manifest: Path, image_size: int, batch_size: int, stages: int) -> float:
+    data = read_manifest(manifest, LabelSchema.from_file())
+    config = TrainConfig(image_size=image_size, batch_size=batch_size, epochs=1, val_fraction=0.0, trainable_stages=stages)
+    return train(data, config, progress=False).history[0]["images_per_s"]
+
+
+def _tree_rss_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
+    """Poll the RSS summed over ``pid`` and its descendants (needs psutil)."""
+    import psutil
+
+    peak = 0
+    try:
+        root = psutil.Process(pid)
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    except psutil.Error:
+        pass
+    out.append(peak)
+
+
+def peak_memory(manifest: Path, image_size: int, epochs: int) -> tuple[float, float | None, float]:
+    """(ru_maxrss of the children in GB, summed tree RSS peak in GB or None, wall seconds)."""
+    out_dir = Path(tempfile.mkdtemp(prefix="weather-al-bench-train-"))
+    cmd = [sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "train", "--data", str(manifest),
+           "--out", str(out_dir / "model"), "--image-size", str(image_size), "--epochs", str(epochs)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    stop, peaks = threading.Event(), []
+    try:
+        import psutil  # noqa: F401
+
+        poller = threading.Thread(target=_tree_rss_peak, args=(proc.pid, stop, peaks), daemon=True)
+        poller.start()
+    except ImportError:
+        poller = None
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    stop.set()
+    if poller:
+        poller.join()
+    if rc != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed with exit status {rc}")
+    maxrss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
+    return maxrss_kb / 2**20, (peaks[0] / 2**30 if peaks else None), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-throughput", type=int, default=256, help="training images per throughput epoch")
+    parser.add_argument("--n-memory", type=int, default=1000, help="training images for the memory run")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the memory run (the peak comes in the first)")
+    parser.add_argument("--stages", default="0,1,2,4")
+    parser.add_argument("--data", type=Path, default=SCENES, help="folder of synthetic scenes (made when missing)")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    print(f"# {machine()}")
+    synthetic_set(args.data, max(args.n_throughput, args.n_memory))
+    small, manifest = synthetic_set(args.data, args.n_throughput), synthetic_set(args.data, args.n_memory)
+
+    rows = []
+    for stages in (int(s) for s in args.stages.split(",")):
+        rows.append([f"{stages} stage(s) trainable", throughput(small, args.image_size, args.batch_size, stages)])
+    print(f"\n# training throughput, {args.n_throughput} images at {args.image_size} px, batch {args.batch_size} (one epoch, real loop)")
+    print(table(["unfreezing stage", "images/s"], rows))
+
+    if not args.skip_memory:
+        maxrss, tree, wall = peak_memory(manifest, args.image_size, args.epochs)
+        print(f"\n# `weather-al train` on {args.n_memory} images at {args.image_size} px, {args.epochs} epoch(s), {wall:.0f} s")
+        rows = [["ru_maxrss of children (largest process)", maxrss, "yes" if maxrss < TARGET_GB else "NO"]]
+        if tree is not None:
+            rows.append(["peak RSS summed over trainer + workers", tree, "yes" if tree < TARGET_GB else "NO"])
+        print(table(["measure", "GB", f"< {TARGET_GB:.0f} GB"], rows))
+
+
+if __name__ == "__main__":
+    main()

