@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from backend import export as backend_export
 from backend.cli import main
-from conftest import write_tiny_set
+from tiny_data import write_tiny_set
 from model.analysis import read_input
 from model.analysis.duplicates import MAX_HAMMING
 from model.analysis.agreement import annotator_agreement, disagreements

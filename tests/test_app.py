@@ -14,7 +14,7 @@ from backend.app import create_app
 from backend.queue import KEY, Broker
 from backend.settings import Settings
 from backend.store import ModelStore
-from conftest import write_tiny_set
+from tiny_data import write_tiny_set
 from model.data import read_manifest
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.training import TrainConfig, train

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backend.cli import main
-from conftest import TinyData, write_manifest, write_tiny_set
+from tiny_data import TinyData, write_manifest, write_tiny_set
 from model import training
 from model.backbones import build_backbone
 from model.checkpoint import META_FILE, TrainedModel
