@@ -53,6 +53,9 @@ def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cycles", type=int, default=0, help="unattended cycles after the first training (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the training default)")
     p.add_argument("--no-wait", action="store_true", help="stop everything after the cycles instead of waiting for a person")
+    p.add_argument("--label-studio-url", default=None, help="use this running Label Studio instead of starting one "
+                   "(with LABEL_STUDIO_API_KEY and --document-root)")
+    p.add_argument("--document-root", type=Path, default=None, help="with --label-studio-url: its LOCAL_FILES_DOCUMENT_ROOT")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("undo-accept", help="take back a bulk accept of certified predictions by its record id")
@@ -90,9 +93,16 @@ def _cmd_connect(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import RunningLabelStudio, run_demo
 
-    run_demo(args.workdir, n=args.n, seed_size=args.seed_size, cycles=args.cycles, wait=not args.no_wait, k=args.k, epochs=args.epochs)
+    label_studio = None
+    if args.label_studio_url:
+        key = os.environ.get("LABEL_STUDIO_API_KEY")
+        if not key or not args.document_root:
+            raise model_cli.UsageError("--label-studio-url needs LABEL_STUDIO_API_KEY (its token) and --document-root (its LOCAL_FILES_DOCUMENT_ROOT)")
+        label_studio = RunningLabelStudio(args.label_studio_url.rstrip("/"), key, args.document_root.resolve())
+    run_demo(args.workdir, n=args.n, seed_size=args.seed_size, cycles=args.cycles, wait=not args.no_wait, k=args.k, epochs=args.epochs,
+             label_studio=label_studio)
 
 
 def _cmd_undo_accept(args: argparse.Namespace) -> None:

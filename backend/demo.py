@@ -53,12 +53,23 @@ def free_port(preferred: int | None = None) -> int:
 
 
 @dataclass
+class RunningLabelStudio:
+    """A Label Studio that is already running (``weather-al demo --label-studio-url``); the demo never stops it."""
+
+    url: str
+    token: str
+    document_root: Path  # its LOCAL_FILES_DOCUMENT_ROOT: the scenes are written under it
+    username: str = "your account"
+    password: str = ""
+
+
+@dataclass
 class Stack:
     """Label Studio, Redis, the backend and a worker, started and stopped together."""
 
     workdir: Path
     document_root: Path
-    label_studio: LocalLabelStudio | None = None
+    label_studio: LocalLabelStudio | RunningLabelStudio | None = None
     backend_url: str = ""
     redis_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
@@ -68,7 +79,7 @@ class Stack:
 
     @classmethod
     def start(cls, workdir: Path, ls_port: int | None = 8080, backend_port: int | None = 9090, extra_env: dict[str, str] | None = None,
-              label_studio: LocalLabelStudio | None = None) -> "Stack":
+              label_studio: LocalLabelStudio | RunningLabelStudio | None = None) -> "Stack":
         workdir.mkdir(parents=True, exist_ok=True)
         stack = cls(workdir=workdir, document_root=label_studio.document_root if label_studio else workdir / "files",
                     _owns_label_studio=label_studio is None)
@@ -215,7 +226,8 @@ def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]
     return [as_dict(t) for t in ls.tasks.list(project=project, view=view["id"], fields="all")]
 
 
-def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: int, epochs: int | None, seed: int = 0) -> None:
+def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: int, epochs: int | None, seed: int = 0,
+             label_studio: RunningLabelStudio | None = None) -> None:
     from model.synth import generate
 
     workdir = workdir.resolve()
@@ -223,7 +235,7 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
     extra = {"MIN_LABELS": "10", "MANUAL_BATCH": str(k), "TRAIN_EVERY": str(10**6), "AUTO_ACCEPT": "true"}
     if epochs:
         extra["EPOCHS"] = str(epochs)
-    stack = Stack.start(workdir, extra_env=extra)
+    stack = Stack.start(workdir, extra_env=extra, label_studio=label_studio)
     try:
         scenes = stack.document_root / "scenes"
         if not (scenes / "tasks.json").is_file():
@@ -257,7 +269,8 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
             rows.append(cycle_row(ls, project, answers, version, c))
         print_table(rows)
         url = f"{stack.label_studio.url}/projects/{project}/data"
-        print(f"\nLabel Studio: {url}\nlogin: {stack.label_studio.username} / {stack.label_studio.password}")
+        login = f"{stack.label_studio.username} / {stack.label_studio.password}" if stack.label_studio.password else stack.label_studio.username
+        print(f"\nLabel Studio: {url}\nlogin: {login}")
         if wait:
             print("Open the project, pick the 'Active learning queue' tab and click 'Label All Tasks'. Ctrl-C stops everything.")
             while True:

@@ -175,7 +175,10 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
     audit = [int(task_ids[i]) for i in plan.audit]
     certified = [int(task_ids[i]) for i in plan.automatic]
     score_floor = float(min((items[i]["score"] for i in plan.automatic), default=1.0))
-    update_views(ls, certified_score_floor=score_floor if certified else None, audit_ids=audit)
+    # every audit task still waiting for a person, this cycle's and earlier ones', stays out of bulk accept
+    labeled_ids = {tid for tid, _, _ in data.labeled}
+    pending_audit = sorted((audit_ids | set(audit)) - labeled_ids)
+    update_views(ls, certified_score_floor=score_floor if certified else None, audit_ids=pending_audit)
     store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
     accepted = accept_band(ls, store, pid, version, certified, plan.certificate) if settings.auto_accept and certified else None
     timings["import_s"] = time.perf_counter() - t0

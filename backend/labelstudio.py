@@ -24,6 +24,19 @@ AUDIT_VIEW = "Audit sample"
 UNCERTAINTY = "Uncertainty sampling"
 UNIFORM = "Uniform sampling"
 
+_INTERNAL_COLUMNS = ["tasks:inner_id", "tasks:annotations_results", "tasks:annotations_ids", "tasks:predictions_model_versions",
+                     "tasks:file_upload", "tasks:storage_filename", "tasks:created_at", "tasks:updated_at", "tasks:updated_by",
+                     "tasks:avg_lead_time", "tasks:draft_exists"]
+#: Columns hidden in the backend's tabs when it creates them: Label Studio's defaults for its own
+#: "Default" tab (1.23.2), except that the prediction score stays visible, since the ranking is what
+#: these tabs are about. A tab created through the API without this shows every column, and the
+#: score and the images end up off-screen.
+HIDDEN_COLUMNS: dict[str, list[str]] = {
+    "explore": [*_INTERNAL_COLUMNS, "tasks:predictions_results"],
+    "labeling": ["tasks:id", "tasks:completed_at", "tasks:cancelled_annotations", "tasks:total_predictions", "tasks:annotators",
+                 "tasks:predictions_results", *_INTERNAL_COLUMNS],
+}
+
 
 class LabelStudioError(RuntimeError):
     """Label Studio could not be reached or refused a call, after retries."""
@@ -98,16 +111,22 @@ class LabelStudioProject:
         retry(lambda: self.client.projects.update(id=self.id, sampling=sampling), f"set sampling to {sampling}")
 
     def ensure_view(self, title: str, ordering: list[str], filters: dict[str, Any] | None = None) -> int:
-        """Create or update the Data Manager tab ``title``; returns its id."""
+        """Create or update the Data Manager tab ``title``; returns its id.
+
+        Only the title, ordering and filters are ours: an update keeps what people set in the tab
+        (columns, widths), which Label Studio would otherwise drop since it replaces ``data`` whole.
+        """
         data: dict[str, Any] = {"title": title, "ordering": ordering}
         data["filters"] = filters or {"conjunction": "and", "items": []}
         views = retry(lambda: self.client.views.list(project=self.id), "list views")
         for v in views:
             vd = as_dict(v)
             if (vd.get("data") or {}).get("title") == title:
-                retry(lambda: self.client.views.update(id=str(vd["id"]), data=data, project=self.id), f"update view {title!r}")
+                merged = {**vd["data"], **data}
+                retry(lambda: self.client.views.update(id=str(vd["id"]), data=merged, project=self.id), f"update view {title!r}")
                 return int(vd["id"])
-        created = retry(lambda: self.client.views.create(project=self.id, data=data), f"create view {title!r}")
+        new = {"hiddenColumns": HIDDEN_COLUMNS, **data}
+        created = retry(lambda: self.client.views.create(project=self.id, data=new), f"create view {title!r}")
         return int(as_dict(created)["id"])
 
     def accept_predictions(self, task_ids: Iterable[int], version: str) -> None:

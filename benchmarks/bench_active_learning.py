@@ -14,8 +14,10 @@ loss+diversity. Prints, and writes to OUT/benchmark.md:
 - the loss module's AUROC for wrong predictions beside max-softmax's, per cycle;
 - time per cycle per phase.
 
-Small version on CPU: ``python benchmarks/bench_active_learning.py --pool 300 --cycles 2 --seeds 0
---epochs 3 --out runs/bench-small``. Full version on a GPU host: ``--device cuda --workers 15``.
+Small version on CPU: ``python benchmarks/bench_active_learning.py --pool 300 --seed-size 100 --k 50
+--audit 20 --cycles 2 --seeds 0 --image-size 96 --epochs 3 --out runs/bench-smoke``. Full version on a
+GPU host (16 cores): ``python benchmarks/bench_active_learning.py --device cuda --workers 15``.
+Scenes come from the folder the other benchmarks share (benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -23,27 +25,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.bands import draw_audit_sample  # noqa: E402
-from model.certify import certify_threshold  # noqa: E402
-from model.selection import STRATEGY_NAMES  # noqa: E402
-from model.simulate import RunTrace, SimulationData, default_test_size, simulate  # noqa: E402
-from model.simulation_report import curves  # noqa: E402
-from model.synth import generate  # noqa: E402
-from model.training import TrainConfig  # noqa: E402
+from common import SCENES, machine, synthetic_set
+from model.bands import draw_audit_sample
+from model.certify import certify_threshold
+from model.selection import STRATEGY_NAMES
+from model.simulate import RunTrace, SimulationData, default_test_size, simulate
+from model.simulation_report import curves
+from model.training import TrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench-active-learning"))
-    p.add_argument("--data", type=Path, default=None, help="labeled manifest (truth.csv beside it); default: synthesise into OUT/data")
+    p.add_argument("--data", type=Path, default=SCENES, help=f"folder of synthetic scenes, extended when short (default {SCENES})")
+    p.add_argument("--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`)")
     p.add_argument("--pool", type=int, default=10_000)
     p.add_argument("--test", type=int, default=None, help="test images (default: a quarter of the pool, at most 2,000)")
     p.add_argument("--seed-size", type=int, default=200)
@@ -192,7 +192,7 @@ def render(args, settings: dict, eff: list[dict], finals: list[dict], honest: li
               "| cycle | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
     for c in sorted({c for s in aurocs.values() for c in s}):
         lines.append(f"| {c} | " + " | ".join(f"{_f(aurocs[s][c][0])} / {_f(aurocs[s][c][1])}" if c in aurocs[s] else "–" for s in strategies) + " |")
-    lines += ["", f"## Seconds per cycle (mean over runs; {os.cpu_count()} CPU cores, device {settings['train_config']['device'] or 'auto'})", "",
+    lines += ["", f"## Seconds per cycle (mean over runs; device {settings['train_config']['device'] or 'auto'}; {machine()})", "",
               "| cycle | " + " | ".join(p.removeprefix("time_") for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
     for c, t in timings.items():
         lines.append(f"| {c} | " + " | ".join(f"{t[p]:.2f}" for p in PHASES) + " |")
@@ -211,13 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"unknown strategies {sorted(unknown)}; choose from {STRATEGY_NAMES}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     test = args.test or default_test_size(args.pool)
-    manifest = args.data
-    if manifest is None:
-        data_dir = args.out / "data"
-        manifest = data_dir / "manifest.csv"
-        if not manifest.is_file() or sum(1 for _ in manifest.open()) - 1 < args.pool + test:
-            generate(data_dir, args.pool + test, seed=0, label_noise=0.02, workers=args.workers or os.cpu_count())
-    config = TrainConfig(image_size=args.image_size, device=args.device, workers=args.workers)
+    manifest = synthetic_set(args.data, args.pool + test)  # default imbalance, 2% label noise
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    config.image_size, config.device, config.workers = args.image_size, args.device, args.workers
     for name in ("epochs", "backbone"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import resource
 import subprocess
@@ -34,7 +35,7 @@ TARGET_GB = 3.0
 
 def throughput(manifest: Path, image_size: int, batch_size: int, stages: int) -> float:
     data = read_manifest(manifest, LabelSchema.from_file())
-    config = TrainConfig(image_size=image_size, batch_size=batch_size, epochs=1, val_fraction=0.0, trainable_stages=stages)
+    config = TrainConfig(image_size=image_size, batch_size=batch_size, epochs=1, min_steps=1, val_fraction=0.0, trainable_stages=stages)
     return train(data, config, progress=False).history[0]["images_per_s"]
 
 
@@ -60,8 +61,10 @@ def _tree_rss_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
 def peak_memory(manifest: Path, image_size: int, epochs: int) -> tuple[float, float | None, float]:
     """(ru_maxrss of the children in GB, summed tree RSS peak in GB or None, wall seconds)."""
     out_dir = Path(tempfile.mkdtemp(prefix="weather-al-bench-train-"))
+    config = out_dir / "config.json"  # the defaults, but exactly ``epochs`` epochs (no min_steps floor)
+    config.write_text(json.dumps({"epochs": epochs, "min_steps": 1}))
     cmd = [sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "train", "--data", str(manifest),
-           "--out", str(out_dir / "model"), "--image-size", str(image_size), "--epochs", str(epochs)]
+           "--out", str(out_dir / "model"), "--config", str(config), "--image-size", str(image_size)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     stop, peaks = threading.Event(), []

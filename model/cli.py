@@ -70,6 +70,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategies", default="loss,random,entropy,margin", help="comma-separated: loss, loss+diversity, random, entropy, margin")
     p.add_argument("--calibration-labels", choices=("annotator", "truth"), default="annotator",
                    help="what the holdout and audits reveal: the annotator's (noisy) labels or the truth (a careful reviewer)")
+    p.add_argument("--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`); the flags below override it")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--backbone", default=None)
@@ -193,16 +194,16 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from .simulate import SimulationData, default_test_size, simulate
     from .training import TrainConfig
 
-    config = TrainConfig()
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     for name in ("image_size", "epochs", "backbone", "device", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     if args.data is None:
         from .synth import generate
 
-        pool = args.pool or 2000
-        test = args.test or default_test_size(pool)
-        generate(args.out / "data", pool + test, seed=0, workers=args.workers)
+        args.pool = args.pool or 2000
+        args.test = args.test or default_test_size(args.pool)
+        generate(args.out / "data", args.pool + args.test, seed=0, workers=args.workers)
         args.data = args.out / "data" / "manifest.csv"
     elif not args.data.is_file():
         raise UsageError(f"{args.data} is not a manifest file")

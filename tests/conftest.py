@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from model.schema import LabelSchema
-from tiny_data import TinyData, write_tiny_set
+# Idle OpenMP threads must sleep, not spin: on a loaded machine (CI runners, several jobs on 2 cores)
+# spinning threads wait for descheduled peers at every op; a 2-thread training step of a small net ran
+# ~30x slower than with one thread. Must be set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+from model.schema import LabelSchema  # noqa: E402
+from tiny_data import TinyData, write_tiny_set  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -325,13 +325,16 @@ def test_tune_writes_a_config_that_train_accepts_and_analyze_compares_the_model(
     tiny = write_tiny_set(tmp_path / "tiny", 36)
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"epochs": [1, 2], "image_size": [64, 96]}))
+    base = tmp_path / "base.json"  # a flat configuration; few optimizer steps and in-process decoding keep it fast
+    base.write_text(json.dumps({"min_steps": 2, "workers": 0}))
     out = tmp_path / "tune"
     assert main(["tune", "--data", str(tiny.manifest), "--trials", "3", "--out", str(out), "--space", str(space),
-                 "--epochs", "1", "--image-size", "64"]) == 0
+                 "--config", str(base), "--epochs", "1", "--image-size", "64"]) == 0
     printed = capsys.readouterr().out
     assert "best: trial" in printed and len([line for line in printed.splitlines() if line[1:6].strip().isdigit()]) == 3
     trials = json.loads((out / "trials.json").read_text())["trials"]
-    assert trials[0]["config"] == {**TrainConfig().to_dict(), "epochs": 1, "image_size": 64}  # trial 0 is the baseline
+    baseline = {**TrainConfig().to_dict(), "min_steps": 2, "workers": 0, "epochs": 1, "image_size": 64}
+    assert trials[0]["config"] == baseline  # trial 0 is the baseline
     assert len({(t["lr"], t["margin"]) for t in trials}) == 3
     best = json.loads((out / "best_config.json").read_text())
     assert best["val_macro_f1"] == max(t["val_macro_f1"] for t in trials)

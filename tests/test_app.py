@@ -39,7 +39,7 @@ def trained_store(tmp_path_factory) -> tuple[Path, Path, str]:
     root = tmp_path_factory.mktemp("store")
     data = write_tiny_set(root / "docs" / "imgs", 27)
     schema = LabelSchema.from_file()
-    result = train(read_manifest(data.manifest, schema), TrainConfig(image_size=48, epochs=1, workers=0), progress=False, version="v1-test")
+    result = train(read_manifest(data.manifest, schema), TrainConfig(image_size=48, epochs=1, min_steps=5, workers=0), progress=False, version="v1-test")
     store = ModelStore(root / "models")
     store.save_version("7", result.model, trained_on={"train": []})
     store.promote("7", "v1-test")

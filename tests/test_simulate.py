@@ -1,6 +1,7 @@
 """`weather-al simulate` on a tiny synthetic pool: the real training path, two strategies, two cycles."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from model.synth import generate
 from model.training import TrainConfig
 
 POOL, TEST, SEED_SIZE, K, AUDIT, CYCLES = 40, 12, 20, 6, 4, 2
+# a few optimizer steps: the test checks the loop, not what the model learns
+TINY_TRAINING = dict(image_size=48, epochs=1, min_steps=2, workers=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +24,11 @@ def scenes(tmp_path_factory):
 
 def test_simulate_command_writes_results_and_report(scenes, tmp_path):
     out = tmp_path / "sim"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY_TRAINING))
     argv = ["simulate", "--data", str(scenes.manifest_path), "--out", str(out), "--pool", str(POOL), "--test", str(TEST),
             "--seed-size", str(SEED_SIZE), "--k", str(K), "--audit", str(AUDIT), "--cycles", str(CYCLES), "--seeds", "0",
-            "--strategies", "loss,random", "--image-size", "48", "--epochs", "1", "--workers", "0", "--device", "cpu"]
+            "--strategies", "loss,random", "--config", str(config)]
     assert main(argv) == 0
     with (out / "results.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -45,7 +50,7 @@ def test_calibration_labels_never_train_and_manual_picks_never_calibrate(scenes,
     assert sim.has_truth and len(sim.pool) == POOL and len(sim.test) == TEST
     assert not {e.key for e in sim.pool} & {e.key for e in sim.test}
     result = simulate(sim, ["loss"], [1], tmp_path, seed_size=SEED_SIZE, k=K, cycles=1, audit_size=AUDIT,
-                      train_config=TrainConfig(image_size=48, epochs=1, workers=0, device="cpu"),
+                      train_config=TrainConfig(**TINY_TRAINING),
                       calibration_labels="truth", progress=False, report=False)
     trace = result.traces[0]
     calibration = set(trace.holdout_ids.tolist()) | set(trace.audit_ids.tolist())

@@ -147,7 +147,7 @@ def _changed(net: MultiHeadNet, initial: dict[str, torch.Tensor]) -> bool:
 
 def test_train_writes_a_complete_checkpoint(tmp_path: Path, schema: LabelSchema, initial_loss_module) -> None:
     data = read_manifest(write_tiny_set(tmp_path / "data", 40).manifest, schema)
-    config = TrainConfig(image_size=32, epochs=2, batch_size=16, workers=0)
+    config = TrainConfig(min_steps=1, image_size=32, epochs=2, batch_size=16, workers=0)
     result = train(data, config, progress=False, version="v-test")
     assert len(result.history) == 2 and len(result.train_keys) == 32 and len(result.val_keys) == 8
     assert not set(result.train_keys) & set(result.val_keys)
@@ -167,7 +167,7 @@ def test_train_writes_a_complete_checkpoint(tmp_path: Path, schema: LabelSchema,
 
 def test_lambda_zero_leaves_the_loss_module_untrained(tmp_path: Path, schema: LabelSchema, initial_loss_module) -> None:
     data = read_manifest(write_tiny_set(tmp_path / "data", 20).manifest, schema)
-    config = TrainConfig(image_size=32, epochs=1, batch_size=8, workers=0, loss_weight=0.0, weight_decay=0.0, val_fraction=0.0)
+    config = TrainConfig(min_steps=1, image_size=32, epochs=1, batch_size=8, workers=0, loss_weight=0.0, weight_decay=0.0, val_fraction=0.0)
     result = train(data, config, progress=False)
     assert not _changed(result.model.net, initial_loss_module)
     assert any(not torch.equal(p, torch.zeros_like(p)) for p in result.model.net.heads.parameters())
@@ -206,7 +206,7 @@ def test_bad_inputs_are_reported_and_skipped_by_train_and_score(
     bad_set: tuple[TinyData, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, names = bad_set
-    (tmp_path / "config.json").write_text(json.dumps({"image_size": 32, "epochs": 1, "batch_size": 32, "workers": 0}))
+    (tmp_path / "config.json").write_text(json.dumps({"image_size": 32, "epochs": 1, "batch_size": 32, "workers": 0, "min_steps": 1}))
     with caplog.at_level(logging.WARNING):
         rc = main(["train", "--data", str(data.manifest), "--out", str(tmp_path / "m"), "--config", str(tmp_path / "config.json")])
     assert rc == 0
@@ -239,7 +239,7 @@ def test_unreadable_validation_images_are_counted(tmp_path: Path, schema: LabelS
     for rel, _, _ in bad:
         (tmp_path / rel).write_bytes(b"junk" * 20)
     write_manifest(data.manifest, list(data.rows) + bad)
-    config = TrainConfig(image_size=32, epochs=1, batch_size=64, workers=0, val_fraction=0.5)
+    config = TrainConfig(min_steps=1, image_size=32, epochs=1, batch_size=64, workers=0, val_fraction=0.5)
     result = train(read_manifest(data.manifest, schema), config, progress=False)
     assert any("bad" in k for k in result.val_keys)  # the split this test needs
     assert result.model.metrics["skipped_images"] == 4

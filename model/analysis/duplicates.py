@@ -4,14 +4,19 @@ A duplicate wastes a label (two images, one lesson), leaks into validation (the 
 sides of the split inflates the score), and, labeled differently, is a label error for sure.
 
 - Exact: the same file content (SHA-256 of the bytes).
-- Near: a pair whose perceptual hashes differ in at most ``max_hamming`` of 64 bits AND whose
-  embeddings have a cosine similarity of at least ``min_cosine``. Each signal alone has known false
-  positives: pHash collides on flat or repetitive images (two plain frames of different colour hash
-  alike), and ImageNet embeddings put different pictures of one kind close together (two noise
-  frames, two dark night scenes). A pair must look alike in layout and in content. Flat images
-  (contrast under ``flat_contrast``) have no meaningful pHash and are matched only exactly.
-  Defaults: 10 bits, the usual pHash cut-off for "similar" (Zauner 2010 reports re-encodings and
-  mild edits well under it), and cosine 0.9.
+- Near: candidate pairs come from two searches, then one check confirms them.
+  Candidates: perceptual hashes within ``max_hamming`` of 64 bits (pHash is built to survive
+  re-encoding, resizing, brightness changes and small crops; 10 bits is its usual cut-off), or
+  embeddings with a cosine similarity of at least ``min_cosine`` (they survive larger crops and
+  shifts). Neither is precise alone: pHash collides on images that share a coarse layout (two road
+  scenes with the horizon at one height), and ImageNet embeddings put different pictures of one kind
+  close together (two noise frames, two dark night scenes) while moving a lot under heavy JPEG
+  compression of small, noisy images.
+  Check: the 16x16 colour thumbnails, each channel normalised to zero mean and unit variance (so
+  brightness and contrast changes cancel), must correlate at least ``min_correlation`` -- the tiny
+  image comparison of Torralba, Fergus & Freeman ("80 Million Tiny Images", PAMI 2008). Flat images
+  (contrast under ``flat_contrast``) have no meaningful hash or normalised thumbnail and are matched
+  only exactly.
 
 Pairs are grouped by connected components, so a group lists every copy of one picture.
 """
@@ -27,7 +32,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 MAX_HAMMING = 10
-MIN_COSINE = 0.9
+MIN_COSINE = 0.95
+MIN_CORRELATION = 0.95
 FLAT_CONTRAST = 0.01
 _CHUNK = 2048
 
@@ -66,30 +72,53 @@ def hamming_candidates(hashes: np.ndarray, candidates: np.ndarray, max_hamming: 
     return found
 
 
+def cosine_candidates(unit: np.ndarray, candidates: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
+    """(i, j) with i < j among ``candidates`` whose unit embeddings have a dot product of at least ``min_cosine``."""
+    x = unit[candidates].astype(np.float32)
+    found = []
+    for start in range(0, len(x), _CHUNK):
+        rows, cols = np.nonzero(x[start:start + _CHUNK] @ x.T >= min_cosine)
+        keep = cols > rows + start
+        found.extend((int(candidates[r + start]), int(candidates[c])) for r, c in zip(rows[keep], cols[keep]))
+    return found
+
+
+def tiny_correlation(tiny: np.ndarray, i: int, j: int) -> float:
+    """Correlation of two 16x16x3 thumbnails, each channel normalised to zero mean and unit variance."""
+    a, b = (_normalised_thumbnail(tiny[k]) for k in (i, j))
+    return float(a @ b)
+
+
+def _normalised_thumbnail(thumb: np.ndarray) -> np.ndarray:
+    t = thumb.reshape(-1, 3).astype(np.float64)
+    t = (t - t.mean(axis=0)) / np.maximum(t.std(axis=0), 1e-6)
+    return t.ravel() / np.sqrt(t.size)
+
+
 def near_groups(
     phash: np.ndarray,
     embeddings: np.ndarray,
+    tiny: np.ndarray,
     usable: np.ndarray,
     contrast: np.ndarray,
     exact: list[DuplicateGroup],
     max_hamming: int = MAX_HAMMING,
     min_cosine: float = MIN_COSINE,
+    min_correlation: float = MIN_CORRELATION,
     flat_contrast: float = FLAT_CONTRAST,
 ) -> list[DuplicateGroup]:
     """Groups of near-duplicate items; pairs that are exact copies of each other are left to ``exact``."""
-    same_file = {}
-    for g in exact:
-        for i in g.members:
-            same_file[i] = g.members[0]
+    same_file = {i: g.members[0] for g in exact for i in g.members}
     candidates = np.flatnonzero(usable & (contrast >= flat_contrast) & ~np.isnan(embeddings).any(axis=1))
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    hashed = {(i, j): d for i, j, d in hamming_candidates(phash, candidates, max_hamming)}
     pairs = []
-    for i, j, d in hamming_candidates(phash, candidates, max_hamming):
+    for i, j in sorted(set(hashed) | set(cosine_candidates(unit, candidates, min_cosine))):
         if i in same_file and same_file.get(j) == same_file[i]:
             continue
-        cosine = float(unit[i] @ unit[j])
-        if cosine >= min_cosine:
-            pairs.append((i, j, d, cosine))
+        if tiny_correlation(tiny, i, j) >= min_correlation:
+            d = hashed.get((i, j), int(np.bitwise_count(phash[i] ^ phash[j])))
+            pairs.append((i, j, d, float(unit[i] @ unit[j])))
     if not pairs:
         return []
     n = len(phash)
@@ -98,9 +127,7 @@ def near_groups(
     _, component = connected_components(coo_matrix((np.ones(len(pairs)), (a, b)), shape=(n, n)), directed=False)
     groups: dict[int, DuplicateGroup] = {}
     for p in pairs:
-        c = int(component[p[0]])
-        group = groups.setdefault(c, DuplicateGroup("near", []))
-        group.pairs.append(p)
+        groups.setdefault(int(component[p[0]]), DuplicateGroup("near", [])).pairs.append(p)
     for group in groups.values():
         group.members = sorted({i for p in group.pairs for i in p[:2]})
     return list(groups.values())

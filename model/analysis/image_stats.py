@@ -5,7 +5,9 @@ scoring use, so "unreadable" means exactly what it means there) at a small draft
 light and texture and a perceptual hash need only a thumbnail, and JPEG draft decoding makes a
 thumbnail several times cheaper than the full image. Files are read in DataLoader worker processes.
 
-The perceptual hash is pHash (Zauner, "Implementation and Benchmarking of Perceptual Image Hash
+Two compact fingerprints serve the duplicate search: a 16x16 colour thumbnail ("tiny image", Torralba,
+Fergus & Freeman, "80 Million Tiny Images", PAMI 2008, who found duplicates by comparing such
+thumbnails) and a perceptual hash. The perceptual hash is pHash (Zauner, "Implementation and Benchmarking of Perceptual Image Hash
 Functions", 2010; the variant of the ``imagehash`` package): the signs of the 8x8 lowest frequencies
 of the 2-D DCT of a 32x32 grey thumbnail against their median. Re-encoding, resizing, small crops and
 brightness changes move few of its 64 bits.
@@ -35,6 +37,7 @@ STAT_SIZE = 64
 #: Statistics that describe how an image looks; their extremes are shown and feed the outlier score.
 APPEARANCE = ("brightness", "contrast", "saturation", "sharpness")
 _HASH_SIDE, _HASH_LOW = 32, 8
+TINY_SIDE = 16
 
 
 @dataclass
@@ -53,6 +56,7 @@ class ImageStats:
     saturation: np.ndarray  # mean HSV saturation
     sharpness: np.ndarray  # mean absolute Laplacian of luma: edges and noise
     phash: np.ndarray  # uint64
+    tiny: np.ndarray  # (N, 16, 16, 3) uint8 thumbnails, zeros for unreadable images
 
     @property
     def readable(self) -> np.ndarray:
@@ -67,6 +71,9 @@ class ImageStats:
         return self.aspect if name == "aspect" else getattr(self, name)
 
 
+_NO_TINY = np.zeros((TINY_SIDE, TINY_SIDE, 3), dtype=np.uint8)
+
+
 def phash(gray: np.ndarray) -> int:
     """64-bit pHash of a 2-D grey array (any size; it is resampled to 32x32)."""
     small = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F").resize((_HASH_SIDE, _HASH_SIDE), Image.BOX))
@@ -76,7 +83,7 @@ def phash(gray: np.ndarray) -> int:
 
 
 def describe(rgb: np.ndarray) -> dict[str, float]:
-    """Light and texture statistics of an (H, W, 3) uint8 image."""
+    """Light and texture statistics, pHash and 16x16 thumbnail of an (H, W, 3) uint8 image."""
     x = rgb.astype(np.float32) / 255.0
     luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     top, bottom = x.max(axis=2), x.min(axis=2)
@@ -88,6 +95,7 @@ def describe(rgb: np.ndarray) -> dict[str, float]:
         "saturation": float(saturation.mean()),
         "sharpness": float(lap.mean()) if lap.size else 0.0,
         "phash": phash(luma),
+        "tiny": np.asarray(Image.fromarray(rgb).resize((TINY_SIDE, TINY_SIDE), Image.BOX)),
     }
 
 
@@ -143,4 +151,5 @@ def image_statistics(items: list[Item], workers: int | None = None, progress: bo
         width=num("width", np.int64), height=num("height", np.int64), file_bytes=num("file_bytes", np.int64),
         brightness=num("brightness"), contrast=num("contrast"), saturation=num("saturation"), sharpness=num("sharpness"),
         phash=np.array([r.get("phash", 0) for r in rows], dtype=np.uint64),
+        tiny=np.array([r.get("tiny", _NO_TINY) for r in rows], dtype=np.uint8).reshape(len(rows), TINY_SIDE, TINY_SIDE, 3),
     )

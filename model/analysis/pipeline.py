@@ -87,7 +87,7 @@ def analyze(
         usable = stats.readable & ~np.isnan(embeddings).any(axis=1)
     with phase("duplicates"):
         exact = exact_groups(stats.sha256)
-        near = near_groups(stats.phash, embeddings, usable, stats.contrast, exact)
+        near = near_groups(stats.phash, embeddings, stats.tiny, usable, stats.contrast, exact)
     with phase("label ranking"):
         suspects = suspected_labels(schema, embeddings, labels, usable)
     with phase("outliers"):
