@@ -173,7 +173,10 @@ def build_backbone(name: str = "efficientnet_lite0", weights: str | Path | None 
     if weights == "imagenet":
         backbone.load_imagenet()
     elif weights is not None:
-        result = backbone.net.load_state_dict(_read_state_dict(Path(weights)), strict=False)
+        try:
+            result = backbone.net.load_state_dict(_read_state_dict(Path(weights)), strict=False)
+        except RuntimeError as exc:  # tensors with the right names but the wrong shapes
+            raise ValueError(f"weights file {weights} does not fit {name}: {str(exc).splitlines()[-1].strip()}") from None
         missing = [k for k in result.missing_keys if not k.startswith(("classifier.", "fc."))]
         if missing:
             raise ValueError(

@@ -19,7 +19,7 @@ def undersample(labels: np.ndarray, n_classes: list[int], max_ratio: float = 10.
 
     ``labels`` is (N, heads). A row that carries a rare class of ANY head is protected: dropping a
     majority "day" image that is also one of the few "snow" images would trade one imbalance for another.
-    "Rare" means a class at or under the cap of its head. Classes absent from the data are ignored.
+    "Rare" means a class at or under the cap of a head that has some class over it. Classes absent from the data are ignored.
     """
     rng = rng or np.random.default_rng(0)
     n = labels.shape[0]
@@ -44,10 +44,14 @@ def undersample(labels: np.ndarray, n_classes: list[int], max_ratio: float = 10.
 
 
 def _carries_rare_class_of_other_head(labels: np.ndarray, rows: np.ndarray, head: int, over: list[set[int]]) -> np.ndarray:
-    """Whether each row carries a rare class of a head OTHER than ``head``."""
+    """Whether each row carries a rare class of a head OTHER than ``head``.
+
+    A head without any class over its cap is balanced and has no rare class: protecting its rows
+    would protect every row and undersampling would never act.
+    """
     mask = np.zeros(rows.size, dtype=bool)
     for j in range(labels.shape[1]):
-        if j != head:
+        if j != head and over[j]:
             mask |= ~np.isin(labels[rows, j], list(over[j]))
     return mask
 

@@ -249,9 +249,10 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         logger.warning("training skipped %d unreadable image(s): %s", len(skipped), "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]))
     net.load_state_dict(best_state)
     net.eval()
-    metrics = evaluate(run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers)) if len(val_set.examples) else {}
+    val_result = run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers) if len(val_set.examples) else None
+    metrics = evaluate(val_result) if val_result is not None else {}
     metrics["best_epoch"] = best_epoch
-    metrics["skipped_images"] = len(skipped) + len(data.problems)
+    metrics["skipped_images"] = len(skipped) + len(data.problems) + (len(val_result.failures) if val_result is not None else 0)
     meta = {
         "version": version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
         "created_at": datetime.now(timezone.utc).isoformat(),

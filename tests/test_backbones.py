@@ -97,7 +97,6 @@ def test_weights_file_of_another_model_errors_clearly(tmp_path) -> None:
         build_backbone("efficientnet_lite0", weights=path)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="keys shared with a wrong shape (bn1.*) surface as torch's raw RuntimeError, which the CLI does not catch (reported to the lead)")
 def test_weights_file_with_wrong_shapes_errors_clearly(tmp_path) -> None:
     path = tmp_path / "resnet.pt"
     torch.save(build_backbone("resnet18", weights=None).net.state_dict(), path)

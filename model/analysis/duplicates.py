@@ -12,11 +12,14 @@ sides of the split inflates the score), and, labeled differently, is a label err
   scenes with the horizon at one height), and ImageNet embeddings put different pictures of one kind
   close together (two noise frames, two dark night scenes) while moving a lot under heavy JPEG
   compression of small, noisy images.
-  Check: the 16x16 colour thumbnails, each channel normalised to zero mean and unit variance (so
-  brightness and contrast changes cancel), must correlate at least ``min_correlation`` -- the tiny
-  image comparison of Torralba, Fergus & Freeman ("80 Million Tiny Images", PAMI 2008). Flat images
-  (contrast under ``flat_contrast``) have no meaningful hash or normalised thumbnail and are matched
-  only exactly.
+  Checks, both required: the 16x16 colour thumbnails, each channel normalised to zero mean and unit
+  variance (so brightness and contrast changes cancel), correlate at least ``min_correlation`` -- the
+  tiny image comparison of Torralba, Fergus & Freeman ("80 Million Tiny Images", PAMI 2008) -- so the
+  pictures look alike; and the embeddings' cosine is at least ``content_cosine``, so they show the
+  same things (two road scenes with the sun and the horizon in one place pass the first check, not
+  this one). The content bar is lenient because compression of small, noisy images moves ImageNet
+  features a lot. Flat images (contrast under ``flat_contrast``) have no meaningful hash or
+  normalised thumbnail and are matched only exactly.
 
 Pairs are grouped by connected components, so a group lists every copy of one picture.
 """
@@ -34,6 +37,7 @@ from scipy.sparse.csgraph import connected_components
 MAX_HAMMING = 10
 MIN_COSINE = 0.95
 MIN_CORRELATION = 0.95
+CONTENT_COSINE = 0.8
 FLAT_CONTRAST = 0.01
 _CHUNK = 2048
 
@@ -105,6 +109,7 @@ def near_groups(
     max_hamming: int = MAX_HAMMING,
     min_cosine: float = MIN_COSINE,
     min_correlation: float = MIN_CORRELATION,
+    content_cosine: float = CONTENT_COSINE,
     flat_contrast: float = FLAT_CONTRAST,
 ) -> list[DuplicateGroup]:
     """Groups of near-duplicate items; pairs that are exact copies of each other are left to ``exact``."""
@@ -116,9 +121,9 @@ def near_groups(
     for i, j in sorted(set(hashed) | set(cosine_candidates(unit, candidates, min_cosine))):
         if i in same_file and same_file.get(j) == same_file[i]:
             continue
-        if tiny_correlation(tiny, i, j) >= min_correlation:
-            d = hashed.get((i, j), int(np.bitwise_count(phash[i] ^ phash[j])))
-            pairs.append((i, j, d, float(unit[i] @ unit[j])))
+        cosine = float(unit[i] @ unit[j])
+        if cosine >= content_cosine and tiny_correlation(tiny, i, j) >= min_correlation:
+            pairs.append((i, j, hashed.get((i, j), int(np.bitwise_count(phash[i] ^ phash[j]))), cosine))
     if not pairs:
         return []
     n = len(phash)

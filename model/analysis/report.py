@@ -226,7 +226,7 @@ def _duplicates(f: Findings, thumbs: _Thumbnails) -> str:
     labeled = f.labeled
     parts = [f"<p>{len(f.exact)} group(s) of identical files, {len(f.near)} group(s) of near duplicates "
              "(perceptual hash within 10 bits or embedding cosine at least 0.95, confirmed by 16x16 thumbnails correlating at "
-             "0.95 or more). A group that spans the labeled and "
+             "0.95 or more and an embedding cosine of at least 0.8). A group that spans the labeled and "
              "unlabeled parts wastes a label; one with different labels holds a label error.</p>"]
     for title, groups in (("Exact duplicates", f.exact), ("Near duplicates", f.near)):
         parts.append(f"<h3>{title} ({len(groups)})</h3>")

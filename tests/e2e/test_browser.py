@@ -61,7 +61,12 @@ from model.schema import LabelSchema
 from model.synth import generate
 from model.training import TrainConfig
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [
+    pytest.mark.e2e, pytest.mark.browser,
+    # Written in session 1 but not yet seen passing end to end on a clean checkout (issue 6 stays open);
+    # remove this marker once `pytest tests/e2e/test_browser.py -m e2e` passes on a quiet machine.
+    pytest.mark.skip(reason="browser suite not yet verified on a clean checkout (issue 6)"),
+]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -110,7 +115,6 @@ class Loop:
     schema: LabelSchema = field(default_factory=LabelSchema.from_file)
     version: str | None = None
     open_task: int | None = None  # the task the label stream left open: Label Studio keeps it locked to the person
-    accepted: set[int] | None = None  # the tasks the bulk accept annotated
 
     @property
     def url(self) -> str:
@@ -198,8 +202,7 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         raise
     finally:
         if stack is not None:
-            stack.label_studio = None  # the session's server: its own fixture stops it
-            stack.stop()
+            stack.stop()  # leaves the session's Label Studio running: its own fixture stops it
         if request.session.testsfailed > failures_before:
             keep_logs()
 
@@ -370,12 +373,14 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     cycle = loop.store.state(pid)["last_cycle"]
     assert cycle["version"] == version and cycle["threshold"] is not None, f"nothing certified: {cycle['message']}"
     before = loop.tasks()
-    audit = {int(t["id"]) for t in view_tasks(loop.ls, loop.project, AUDIT_VIEW)}
+    # every audit sample drawn so far (both cycles') that no person has labeled yet
+    audit = {t for t in loop.store.state(pid)["audit_task_ids"] if not before[t].get("annotations")}
+    assert {int(t["id"]) for t in view_tasks(loop.ls, loop.project, AUDIT_VIEW)} == audit
+    assert len(audit) >= int(BACKEND_ENV["AUDIT_SIZE"])
     candidates = {int(t["id"]) for t in view_tasks(loop.ls, loop.project, CANDIDATES_VIEW)}
     losses = loop.scores(version)
-    assert len(audit) == int(BACKEND_ENV["AUDIT_SIZE"]) and not any(before[t].get("annotations") for t in audit)
     assert candidates, "the candidates tab is empty"
-    assert not candidates & audit, "this cycle's audit tasks are listed as candidates"
+    assert not candidates & audit, "audit tasks are listed as candidates"
     assert all(losses[t]["loss"] <= cycle["threshold"] and not before[t].get("annotations") for t in candidates)
 
     assert open_tab(page, loop, CANDIDATES_VIEW, len(candidates)) == len(candidates)
@@ -393,7 +398,6 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     after = loop.tasks()
     changed = {tid for tid in after if len(after[tid].get("annotations") or []) != len(before[tid].get("annotations") or [])}
     assert changed == candidates, "the bulk accept did not annotate exactly the tasks the candidates tab listed"
-    loop.accepted = changed
     for tid in candidates:
         (ann,) = after[tid]["annotations"]
         assert ann["parent_prediction"] == prediction(after[tid], version)["id"]
@@ -404,16 +408,6 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     assert open_tab(page, loop, AUDIT_VIEW, len(audit)) == len(audit)  # the audit sample waits for people, unlabeled
     assert not any(after[t].get("annotations") for t in audit)
     shot(page, artifacts, "3-after-accept")
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "backend/jobs.py passes only this cycle's audit sample to update_views, so the candidates tab also lists "
-    "earlier cycles' unlabeled audit tasks and a select-all accepts them (accept_band protects them, the tab does "
-    "not); fix: update_views(..., audit_ids=sorted(audit_ids | set(audit))), then drop this marker"))
-def test_earlier_audit_samples_are_not_accepted(loop: Loop) -> None:
-    earlier = set(loop.store.state(str(loop.project))["audit_task_ids"])
-    assert loop.accepted is not None
-    assert not loop.accepted & earlier, f"audit tasks {sorted(loop.accepted & earlier)} were accepted in bulk"
 
 
 def test_reversed_scores_change_the_first_task(loop: Loop, page, artifacts: Path) -> None:
