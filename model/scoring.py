@@ -68,8 +68,14 @@ class ScoreResult:
 
 
 def default_workers() -> int:
-    """DataLoader workers: one per spare core, at most 2 (decoding a 640x360 JPEG in draft mode is cheap)."""
-    return max(0, min(2, (os.cpu_count() or 1) - 1))
+    """DataLoader workers: none on 2 cores or fewer, else one per core beyond two, at most 2.
+
+    torch's intra-op threads already use every core, and reading plus draft-mode decoding plus resizing
+    a 640x360 JPEG costs ~3 ms of CPU against ~35 ms for the forward pass at 160 px. On 2 cores a worker
+    only takes a core from the forward pass: benchmarks/bench_scoring.py measured 42 img/s with no
+    worker against 34-41 with one, and training was no faster with one either.
+    """
+    return max(0, min(2, (os.cpu_count() or 1) - 2))
 
 
 def run_inference(

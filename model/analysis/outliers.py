@@ -58,6 +58,8 @@ def embedding_scores(embeddings: np.ndarray, labels: np.ndarray, usable: np.ndar
     """Max over heads of the robust z of the distance to the nearest class centroid; NaN where not usable."""
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     usable = usable & ~np.isnan(unit).any(axis=1)
+    if not usable.any():
+        return np.full(len(unit), np.nan)
     per_head = []
     for j in range(labels.shape[1]):
         centroids = [unit[usable & (labels[:, j] == c)].mean(axis=0)

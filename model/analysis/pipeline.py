@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..training import TrainConfig
 from .agreement import annotator_agreement, disagreements, model_agreement
 from .distribution import class_distribution
 from .duplicates import exact_groups, near_groups
@@ -57,8 +58,6 @@ def analyze(
 
     ``max_ratio``: the undersampling the class-distribution section simulates (default: the trainer's default).
     """
-    from ..training import TrainConfig
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     schema, items = data.schema, data.items
