@@ -84,4 +84,9 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
     broker = Broker(settings.redis_url)
     if not broker.ping():
         raise ValueError(f"cannot reach Redis at REDIS_URL; start it or fix the URL")
-    Worker([QUEUE_NAME], connection=broker.conn, serializer=JSONSerializer).work(burst=burst, with_scheduler=True)
+    # RQ's scheduler (it runs the delayed retries of failed runs) belongs to whichever worker holds a lock that
+    # expires 61 s after its holder dies; the others try to take it over only during maintenance, by default
+    # every 10 minutes and no sooner than an idle dequeue times out (worker_ttl - 15 s). A worker killed with
+    # SIGKILL would leave retries stalled for that long, so a replacement checks every minute instead.
+    Worker([QUEUE_NAME], connection=broker.conn, serializer=JSONSerializer, worker_ttl=75,
+           maintenance_interval=60).work(burst=burst, with_scheduler=True)

@@ -39,11 +39,6 @@ HEAD_NAMES = tuple(HEADS)
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-# Written in session 1 but not yet seen passing on a clean checkout (issue 5 stays open);
-# remove this marker once `pytest tests/test_analysis.py` passes on a quiet machine.
-pytestmark = pytest.mark.skip(reason="analysis suite not yet verified on a clean checkout (issue 5)")
-
-
 @dataclass
 class Planted:
     manifest: Path
