@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from model.schema import LabelSchema, SchemaError
 
+from .autolabel import record_label_studio_accept
 from .predictor import Predictor, SchemaMismatch
 from .queue import Broker, QueueUnavailable
 from .settings import Settings
@@ -28,7 +29,9 @@ from .store import ModelStore
 logger = logging.getLogger(__name__)
 
 TRAIN_ACTIONS = {"START_TRAINING"}
-ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"}
+# Label Studio 1.23 reports a deletion as ANNOTATIONS_DELETED (plural), even of one annotation
+ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+BULK_ACCEPT_ACTION = "ANNOTATIONS_CREATED"  # sent only by "Create Annotations From Predictions"
 
 
 class BadRequest(Exception):
@@ -135,6 +138,8 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         action = data.get("action")
         if not isinstance(action, str):
             raise BadRequest("'action' is missing")
+        if action == BULK_ACCEPT_ACTION:
+            return record_bulk_accept(data)
         if action not in TRAIN_ACTIONS | ANNOTATION_ACTIONS:
             return jsonify({"status": "ignored", "action": action, "message": f"action {action} does not affect training"})
         pid = project_id(data.get("project"))
@@ -151,6 +156,19 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
             logger.error("project %s: %s", pid, exc)
             raise BadRequest(f"training queue unavailable: {exc}; the event will be picked up by the next one once Redis is back", 503) from None
         return jsonify({"status": outcome, "action": action, "project": pid})
+
+    def record_bulk_accept(data: dict[str, Any]):
+        pid = project_id(data.get("project"))
+        annotations = data.get("annotation")
+        annotations = [annotations] if isinstance(annotations, dict) else annotations
+        if not isinstance(annotations, list) or not all(isinstance(a, dict) and a.get("task") is not None for a in annotations):
+            raise BadRequest(f"{BULK_ACCEPT_ACTION} needs 'annotation': a list of annotations, each with its 'task'")
+        record = record_label_studio_accept(store, pid, annotations)
+        if record is None:
+            return jsonify({"status": "known", "action": BULK_ACCEPT_ACTION, "project": pid,
+                            "message": "these tasks were already recorded as machine-labeled"})
+        return jsonify({"status": "recorded", "action": BULK_ACCEPT_ACTION, "project": pid, "record": record["id"],
+                        "machine_labeled": len(record["task_ids"])})
 
     @app.get("/versions")
     def versions():

@@ -21,6 +21,7 @@ from model.checkpoint import write_json_atomic
 
 from .labelstudio import (AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, LabelStudioProject, as_dict, score_range_filter,
                           task_id_filters, unlabeled_filter)
+from .predictions import CALIBRATION_FILE
 from .store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -41,23 +42,64 @@ def update_views(ls: LabelStudioProject, certified_score_floor: float | None, au
 
 
 def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: Certificate) -> dict[str, Any]:
-    """Convert the certified predictions to annotations, skipping human-labeled and audit tasks; record it."""
+    """Convert the certified predictions to annotations, skipping human-labeled and audit tasks; record it.
+
+    The tasks are marked machine-labeled before Label Studio converts them, so that the ANNOTATIONS_CREATED
+    webhook this conversion sends finds them known and does not record the same accept twice.
+    """
     state = store.state(pid)
     protected = set(state.get("audit_task_ids", []))
     tasks = {int(t["id"]): t for t in ls.tasks()}
     chosen = [t for t in task_ids if t in tasks and not tasks[t].get("annotations") and t not in protected]
-    ls.accept_predictions(chosen, version)
-    now = datetime.now(timezone.utc)
-    record = {
-        "id": now.strftime("%Y%m%dT%H%M%S%f"), "created_at": now.isoformat(), "version": version,
-        "threshold": certificate.threshold, "certified_lower_bound": certificate.lower_bound,
-        "target": certificate.target, "delta": certificate.delta, "task_ids": chosen, "undone": False,
-    }
-    write_json_atomic(store.record_dir(pid, ACCEPTS) / f"{record['id']}.json", record)
-    machine = sorted(set(state.get("machine_task_ids", [])) | set(chosen))
-    store.update_state(pid, machine_task_ids=machine, machine_labeled=len(machine))
+    store.mark_machine_labeled(pid, chosen)
+    try:
+        ls.accept_predictions(chosen, version)
+    except Exception:
+        store.mark_machine_labeled(pid, chosen, labeled=False)
+        raise
+    record = write_accept_record(store, pid, version, chosen, certificate.to_dict(), source="worker (AUTO_ACCEPT)")
     logger.info("project %s: accepted %d certified predictions of %s (record %s)", pid, len(chosen), version, record["id"])
     return {"record": record["id"], "accepted": len(chosen)}
+
+
+def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Record a bulk accept a person ran in Label Studio (Create Annotations From Predictions).
+
+    Label Studio reports it as one ANNOTATIONS_CREATED webhook, the only event it sends in bulk. Tasks
+    already known as machine-labeled (the worker's own AUTO_ACCEPT) are not recorded again. The record
+    names the project's current version and that version's certificate, since the candidates view lists
+    the current version's certified band.
+    """
+    task_ids = sorted({_task_id(a) for a in annotations if a.get("parent_prediction") is not None})
+    new = store.mark_machine_labeled(pid, task_ids)
+    if not new:
+        return None
+    version = store.current_version(pid) or "unknown"
+    calibration = store.version_dir(pid, version) / CALIBRATION_FILE
+    certificate = (json.loads(calibration.read_text()).get("certificate") or {}) if calibration.is_file() else {}
+    started = min((a.get("created_at") or "" for a in annotations), default="") or None
+    record = write_accept_record(store, pid, version, new, certificate, source="Label Studio", created_at=started)
+    logger.info("project %s: recorded a bulk accept of %d predictions made in Label Studio (record %s)", pid, len(new), record["id"])
+    return record
+
+
+def _task_id(annotation: dict[str, Any]) -> int:
+    task = annotation.get("task")
+    return int(task["id"] if isinstance(task, dict) else task)
+
+
+def write_accept_record(store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: dict[str, Any],
+                        source: str, created_at: str | None = None) -> dict[str, Any]:
+    """The record ``weather-al undo-accept`` reads: model version, threshold, certified bound, task ids."""
+    now = datetime.now(timezone.utc)
+    record = {
+        "id": now.strftime("%Y%m%dT%H%M%S%f"), "created_at": created_at or now.isoformat(), "source": source,
+        "version": version, "threshold": certificate.get("threshold"),
+        "certified_lower_bound": certificate.get("lower_bound"), "target": certificate.get("target"),
+        "delta": certificate.get("delta"), "task_ids": sorted(task_ids), "undone": False,
+    }
+    write_json_atomic(store.record_dir(pid, ACCEPTS) / f"{record['id']}.json", record)
+    return record
 
 
 def list_accepts(store: ModelStore, pid: str) -> list[dict[str, Any]]:
@@ -84,8 +126,6 @@ def undo_accept(ls: LabelStudioProject, store: ModelStore, pid: str, record_id: 
     ls.delete_annotations(doomed)
     record["undone"] = True
     write_json_atomic(path, record)
-    state = store.state(pid)
-    machine = sorted(set(state.get("machine_task_ids", [])) - ids)
-    store.update_state(pid, machine_task_ids=machine, machine_labeled=len(machine))
+    store.mark_machine_labeled(pid, sorted(ids), labeled=False)
     logger.info("project %s: undid bulk accept %s (%d annotations deleted)", pid, record_id, len(doomed))
     return len(doomed)

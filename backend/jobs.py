@@ -334,6 +334,8 @@ def _merge_chunks(store: ModelStore, pid: str, version: str, n: int) -> ScoreRes
 
 
 def _count_run(store: ModelStore, pid: str, result: str) -> None:
-    runs = dict(store.state(pid).get("runs") or {})
-    runs[result] = runs.get(result, 0) + 1
-    store.update_state(pid, runs=runs)
+    def count(state: dict[str, Any]) -> None:
+        runs = state.setdefault("runs", {})
+        runs[result] = runs.get(result, 0) + 1
+
+    store.modify_state(pid, count)

@@ -9,11 +9,14 @@ filesystem: every write is a rename.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -121,11 +124,42 @@ class ModelStore:
         p = self.project_dir(project) / STATE
         return json.loads(p.read_text()) if p.is_file() else {}
 
+    @contextmanager
+    def _state_locked(self, project: str) -> Iterator[None]:
+        """Serialise read-modify-write of state.json between the web process and workers on this host."""
+        with open(self.project_dir(project) / ".state.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def update_state(self, project: str, **changes: Any) -> dict[str, Any]:
-        state = self.state(project)
-        state.update(changes)
-        write_json_atomic(self.project_dir(project) / STATE, state)
-        return state
+        return self.modify_state(project, lambda state: state.update(changes))
+
+    def modify_state(self, project: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        """Apply ``change`` to the project's state in place, under the state lock; returns the new state."""
+        with self._state_locked(project):
+            state = self.state(project)
+            change(state)
+            write_json_atomic(self.project_dir(project) / STATE, state)
+            return state
+
+    def mark_machine_labeled(self, project: str, task_ids: list[int], labeled: bool = True) -> list[int]:
+        """Add (or, with ``labeled=False``, remove) tasks labeled by bulk accept; returns the ids that changed.
+
+        Machine labels never train the model and are counted apart in /metrics.
+        """
+        changed: list[int] = []
+
+        def change(state: dict[str, Any]) -> None:
+            machine = set(state.get("machine_task_ids", []))
+            changed.extend(sorted((set(task_ids) - machine) if labeled else (set(task_ids) & machine)))
+            machine = machine | set(changed) if labeled else machine - set(changed)
+            state.update(machine_task_ids=sorted(machine), machine_labeled=len(machine))
+
+        self.modify_state(project, change)
+        return changed
 
     def record_dir(self, project: str, kind: str) -> Path:
         d = self.project_dir(project) / kind

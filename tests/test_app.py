@@ -183,3 +183,36 @@ def test_queue_unreachable_raises_clear_error():
     assert "hunter2" not in str(info.value) and "Redis" in str(info.value)
     assert KEY.format("1", "waiting") == "weather-al:1:waiting"
     assert isinstance(b.conn, redis.Redis)
+
+
+def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path, broker, trained_store):
+    models, _, version = trained_store
+    store_dir = tmp_path / "models"
+    shutil.copytree(models, store_dir)
+    (store_dir / "7" / version / "calibration.json").write_text('{"certificate": {"threshold": 0.2, "lower_bound": 0.96, "target": 0.95, "delta": 0.05}}')
+    c = make_client(tmp_path, broker, model_dir=store_dir)
+    annotations = [{"id": 100 + t, "task": t, "parent_prediction": 500 + t, "created_at": "2026-11-28T10:00:0%dZ" % t} for t in (3, 1, 2)]
+    body = {"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": annotations, "task": [{"id": t} for t in (1, 2, 3)]}
+
+    r = c.post("/webhook", json=body)
+    assert r.status_code == 200 and r.get_json()["status"] == "recorded" and r.get_json()["machine_labeled"] == 3
+    assert len(broker.queue) == 0  # machine labels never train, so they do not count towards a retrain
+    store = ModelStore(store_dir)
+    assert store.state("7")["machine_task_ids"] == [1, 2, 3]
+    (record,) = [p for p in (store_dir / "7" / "accepts").glob("*.json")]
+    saved = __import__("json").loads(record.read_text())
+    assert saved["task_ids"] == [1, 2, 3] and saved["version"] == version and saved["certified_lower_bound"] == 0.96
+    assert saved["created_at"] == "2026-11-28T10:00:01Z"  # the first annotation's time, so undo finds them all
+    assert 'weather_al_machine_labeled{project="7"} 3.0' in c.get("/metrics").get_data(as_text=True)
+
+    again = c.post("/webhook", json=body).get_json()  # e.g. the worker's own AUTO_ACCEPT, already recorded
+    assert again["status"] == "known" and len(list((store_dir / "7" / "accepts").glob("*.json"))) == 1
+    bad = c.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": [{"id": 1}]})
+    assert bad.status_code == 400 and "task" in bad.get_json()["error"]
+
+
+def test_annotation_deletion_counts_towards_a_retrain(tmp_path, broker):
+    c = make_client(tmp_path, broker, train_every=1)
+    r = c.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotation": [{"id": 1}]})
+    assert r.status_code == 200 and r.get_json()["status"] != "ignored"
+    assert len(broker.queue) == 1

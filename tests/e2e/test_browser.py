@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from label_studio_sdk import LabelStudio
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
@@ -403,6 +404,13 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
             assert [a["id"] for a in after[tid]["annotations"]] == [a["id"] for a in task["annotations"]], f"task {tid} changed"
     assert open_tab(page, loop, AUDIT_VIEW, len(audit)) == len(audit)  # the audit sample waits for people, unlabeled
     assert not any(after[t].get("annotations") for t in audit)
+    # Label Studio's ANNOTATIONS_CREATED webhook made the backend record them as machine labels (never trained on)
+    deadline = time.time() + 60
+    while set(loop.store.state(str(loop.project)).get("machine_task_ids", [])) != candidates and time.time() < deadline:
+        time.sleep(1)
+    assert set(loop.store.state(str(loop.project)).get("machine_task_ids", [])) == candidates, "bulk accept not recorded"
+    metrics = requests.get(f"{loop.stack.backend_url}/metrics", timeout=10).text
+    assert f'weather_al_machine_labeled{{project="{loop.project}"}} {float(len(candidates))}' in metrics
     shot(page, artifacts, "3-after-accept")
 
 
