@@ -182,6 +182,7 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
     store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
     accepted = accept_band(ls, store, pid, version, certified, plan.certificate) if settings.auto_accept and certified else None
     timings["import_s"] = time.perf_counter() - t0
+    store.modify_state(pid, lambda state: state.setdefault("last_cycle", {}).update(timings=timings))
     logger.info("project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s", pid, version,
                 len(plan.manual), len(certified), len(audit), len(plan.deferred), timings)
     return {"result": "promoted", "version": version, "comparison": comparison, "timings": timings, "summary": summary,
