@@ -35,6 +35,7 @@ from .labelstudio import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
 from .local_label_studio import LocalLabelStudio, start_label_studio
 from .predictions import choices_result
 from .queue import start_embedded_redis
+from .store import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,12 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
         print("training the first model (Start Training) ...")
         ls.ml.train(id=ml.id)
         version = wait_for_run(ls, project, models, 0)
-        rows = [cycle_row(ls, project, answers, version, 0)]
+        store = ModelStore(models)
+
+        def machine_ids() -> set[int]:
+            return set(store.state(str(project)).get("machine_task_ids", []))
+
+        rows = [cycle_row(ls, project, answers, version, 0, machine_ids())]
         show_queue(ls, project)
         for c in range(1, cycles + 1):
             queue = [int(t["id"]) for t in view_tasks(ls, project, QUEUE_VIEW)[:k]]
@@ -266,7 +272,7 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
             print(f"cycle {c}: the simulated annotator labeled {len(queue)} queued and {len(audit)} audit tasks; retraining ...")
             ls.ml.train(id=ml.id)
             version = wait_for_run(ls, project, models, runs)
-            rows.append(cycle_row(ls, project, answers, version, c))
+            rows.append(cycle_row(ls, project, answers, version, c, machine_ids()))
         print_table(rows)
         url = f"{stack.label_studio.url}/projects/{project}/data"
         login = f"{stack.label_studio.username} / {stack.label_studio.password}" if stack.label_studio.password else stack.label_studio.username
@@ -281,8 +287,10 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
         stack.stop()
 
 
-def cycle_row(ls: LabelStudio, project: int, answers: dict[int, dict[str, str]], version: str, cycle: int) -> dict[str, Any]:
-    """People's labels, the model's labels, their measured precision, and macro-F1 of the current predictions."""
+def cycle_row(ls: LabelStudio, project: int, answers: dict[int, dict[str, str]], version: str, cycle: int,
+              machine_ids: set[int]) -> dict[str, Any]:
+    """People's labels, the model's labels (the bulk accepts the backend recorded), their measured precision,
+    and macro-F1 of the current predictions."""
     from sklearn.metrics import f1_score
 
     schema = LabelSchema.from_file()
@@ -292,7 +300,7 @@ def cycle_row(ls: LabelStudio, project: int, answers: dict[int, dict[str, str]],
     for t in (as_dict(t) for t in ls.tasks.list(project=project, fields="all")):
         tid = int(t["id"])
         anns = [a for a in t.get("annotations") or [] if not a.get("was_cancelled")]
-        if any(a.get("parent_prediction") is None for a in anns):
+        if anns and tid not in machine_ids:
             human += 1
         elif anns:
             machine += 1
