@@ -52,12 +52,13 @@ def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: st
     tasks = {int(t["id"]): t for t in ls.tasks()}
     chosen = [t for t in task_ids if t in tasks and not tasks[t].get("annotations") and t not in protected]
     store.mark_machine_labeled(pid, chosen)
+    started = datetime.now(timezone.utc).isoformat()  # undo deletes what this accept created from here on
     try:
         ls.accept_predictions(chosen, version)
     except Exception:
         store.mark_machine_labeled(pid, chosen, labeled=False)
         raise
-    record = write_accept_record(store, pid, version, chosen, certificate.to_dict(), source="worker (AUTO_ACCEPT)")
+    record = write_accept_record(store, pid, version, chosen, certificate.to_dict(), source="worker (AUTO_ACCEPT)", created_at=started)
     logger.info("project %s: accepted %d certified predictions of %s (record %s)", pid, len(chosen), version, record["id"])
     return {"record": record["id"], "accepted": len(chosen)}
 

@@ -63,6 +63,14 @@ def _run_gunicorn(settings: Settings) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
+            import torch
+
+            # One intra-op thread in the web process. Label Studio asks for one task at a time as people open
+            # them, and for a single image a second OpenMP thread costs more than it gives (each gunicorn thread
+            # that runs a forward pass brings its own team of busy-waiting threads); concurrent requests use the
+            # other cores. benchmarks/bench_backend.py: /predict of one task 1.4-1.9x the forward pass with one
+            # thread, 2.4-3.4x with two; 500 tasks in 14-19 s instead of 11-13 s, inside the 30 s target.
+            torch.set_num_threads(1)
             return create_app(settings)
 
     logger.info("weather-al backend listening on port %d (MODEL_DIR=%s)", settings.port, settings.model_dir)
