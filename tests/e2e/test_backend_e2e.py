@@ -40,14 +40,16 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
+from backend.autolabel import accept_band, list_accepts, undo_accept
 from backend.connect import connect
 from backend.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, view_tasks, wait_for_run
-from backend.labelstudio import QUEUE_VIEW, UNCERTAINTY, UNIFORM, as_dict
+from backend.labelstudio import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
 from backend.local_label_studio import LocalLabelStudio
 from backend.predictions import load_calibrator
 from backend.queue import KEY, QUEUE_NAME
 from backend.store import ModelStore
 from model.calibration import score_from_loss
+from model.certify import Certificate
 from model.checkpoint import TrainedModel
 from model.data import Example, resolve_local_url
 from model.schema import LabelSchema
@@ -461,6 +463,46 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
     finally:
         stop_worker(worker)
         proxy.close()
+
+
+def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: Loop) -> None:
+    """AUTO_ACCEPT's path (issue 4): Label Studio's predictions_to_annotations on the certified tasks only."""
+    version = loop.model_version()
+    before = {t["id"]: t for t in loop.tasks()}
+    state = loop.store.state(loop.pid)
+    earlier_audit = set(state.get("audit_task_ids", []))  # the worker's own audit samples stay out too
+    people = [tid for tid, t in before.items() if t["annotations"]][:3]
+    open_tasks = [tid for tid, t in before.items() if not t["annotations"] and predictions_of(t, version) and tid not in earlier_audit]
+    audit, accepted = open_tasks[:2], open_tasks[2:8]
+    loop.store.update_state(loop.pid, audit_task_ids=sorted(earlier_audit | set(audit)))
+    certificate = Certificate(threshold=0.3, lower_bound=0.96, precision=1.0, n_calibration=120, n_in_band=60,
+                              target=0.95, delta=0.05, more_labels_needed=None, message="test")
+    project = LabelStudioProject(loop.stack.label_studio.url, loop.stack.label_studio.token, loop.project)
+    try:
+        outcome = accept_band(project, loop.store, loop.pid, version, people + audit + sorted(earlier_audit)[:2] + accepted, certificate)
+        after = {t["id"]: t for t in loop.tasks()}
+        changed = {tid for tid in after if len(after[tid]["annotations"]) != len(before[tid]["annotations"])}
+        assert outcome["accepted"] == len(accepted) and changed == set(accepted)
+        for tid in accepted:
+            (ann,) = after[tid]["annotations"]
+            assert ann["parent_prediction"] == predictions_of(after[tid], version)[0]["id"]
+        (record,) = [r for r in list_accepts(loop.store, loop.pid) if r["id"] == outcome["record"]]
+        assert record["task_ids"] == sorted(accepted) and record["version"] == version and record["certified_lower_bound"] == 0.96
+        assert set(accepted) <= set(loop.store.state(loop.pid)["machine_task_ids"])
+        # Label Studio's ANNOTATIONS_CREATED webhook for this conversion finds the tasks known: no second record
+        time.sleep(3)
+        assert [r["id"] for r in list_accepts(loop.store, loop.pid)] == [outcome["record"]]
+
+        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == len(accepted)
+        restored = {t["id"]: t for t in loop.tasks()}
+        assert {tid: [a["id"] for a in t["annotations"]] for tid, t in restored.items()} == \
+               {tid: [a["id"] for a in t["annotations"]] for tid, t in before.items()}
+        assert not set(accepted) & set(loop.store.state(loop.pid).get("machine_task_ids", []))
+        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == 0  # an undone record stays undone
+        with pytest.raises(FileNotFoundError, match="no bulk-accept record"):
+            undo_accept(project, loop.store, loop.pid, "19700101T000000000000")
+    finally:
+        loop.store.update_state(loop.pid, audit_task_ids=state.get("audit_task_ids", []))
 
 
 def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelStudio, tmp_path: Path) -> None:
