@@ -371,8 +371,12 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     assert cycle["version"] == version and cycle["threshold"] is not None, f"nothing certified: {cycle['message']}"
     before = loop.tasks()
     # every audit sample drawn so far (both cycles') that no person has labeled yet
-    audit = {t for t in loop.store.state(pid)["audit_task_ids"] if not before[t].get("annotations")}
-    assert {int(t["id"]) for t in view_tasks(loop.ls, loop.project, AUDIT_VIEW)} == audit
+    every_audit = set(loop.store.state(pid)["audit_task_ids"])
+    audit = {t for t in every_audit if not before[t].get("annotations")}
+    # the tab lists the audit tasks still open at the last training; one a person labeled since (here the
+    # task left open across the retrain may have been drawn) stays listed, as done, until the next training
+    listed = {int(t["id"]) for t in view_tasks(loop.ls, loop.project, AUDIT_VIEW)}
+    assert audit <= listed <= every_audit and all(before[t].get("annotations") for t in listed - audit)
     assert len(audit) >= int(BACKEND_ENV["AUDIT_SIZE"])
     candidates = {int(t["id"]) for t in view_tasks(loop.ls, loop.project, CANDIDATES_VIEW)}
     losses = loop.scores(version)
@@ -402,7 +406,7 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     for tid, task in before.items():
         if task.get("annotations"):
             assert [a["id"] for a in after[tid]["annotations"]] == [a["id"] for a in task["annotations"]], f"task {tid} changed"
-    assert open_tab(page, loop, AUDIT_VIEW, len(audit)) == len(audit)  # the audit sample waits for people, unlabeled
+    assert open_tab(page, loop, AUDIT_VIEW, len(listed)) == len(listed)  # the audit sample waits for people, unlabeled
     assert not any(after[t].get("annotations") for t in audit)
     # Label Studio's ANNOTATIONS_CREATED webhook made the backend record them as machine labels (never trained on)
     deadline = time.time() + 60
