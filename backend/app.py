@@ -210,7 +210,7 @@ class _StoreCollector:
             for result, n in (state.get("runs") or {}).items():
                 runs.add_metric([d.name, result], n)
             human.add_metric([d.name], state.get("human_labeled", 0))
-            machine.add_metric([d.name], state.get("machine_labeled", 0))
+            machine.add_metric([d.name], len(state.get("machine_task_ids", [])))
         yield runs
         yield human
         yield machine

@@ -154,9 +154,8 @@ class ModelStore:
 
         def change(state: dict[str, Any]) -> None:
             machine = set(state.get("machine_task_ids", []))
-            changed.extend(sorted((set(task_ids) - machine) if labeled else (set(task_ids) & machine)))
-            machine = machine | set(changed) if labeled else machine - set(changed)
-            state.update(machine_task_ids=sorted(machine), machine_labeled=len(machine))
+            changed.extend(sorted(set(task_ids) - machine if labeled else set(task_ids) & machine))
+            state["machine_task_ids"] = sorted(machine ^ set(changed))  # adds the new ids, or drops the present ones
 
         self.modify_state(project, change)
         return changed

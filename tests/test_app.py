@@ -166,7 +166,7 @@ def test_basic_auth_guards_every_endpoint_but_health(tmp_path, broker):
 
 def test_metrics_exports_requests_and_store_counters(tmp_path, broker):
     store = ModelStore(tmp_path / "models")
-    store.update_state("4", human_labeled=40, machine_labeled=120, runs={"promoted": 2})
+    store.update_state("4", human_labeled=40, machine_task_ids=list(range(120)), runs={"promoted": 2})
     c = make_client(tmp_path, broker)
     c.get("/health")
     text = c.get("/metrics").get_data(as_text=True)
