@@ -21,7 +21,7 @@ from model.checkpoint import write_json_atomic
 
 from .labelstudio import (AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, LabelStudioProject, as_dict, score_range_filter,
                           task_id_filters, unlabeled_filter)
-from .predictions import CALIBRATION_FILE
+from .predictions import read_calibration
 from .store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[di
     if not new:
         return None
     version = store.current_version(pid) or "unknown"
-    calibration = store.version_dir(pid, version) / CALIBRATION_FILE
-    certificate = (json.loads(calibration.read_text()).get("certificate") or {}) if calibration.is_file() else {}
+    certificate = read_calibration(store.version_dir(pid, version)).get("certificate") or {}
     started = min((a.get("created_at") or "" for a in annotations), default="") or None
     record = write_accept_record(store, pid, version, new, certificate, source="Label Studio", created_at=started)
     logger.info("project %s: recorded a bulk accept of %d predictions made in Label Studio (record %s)", pid, len(new), record["id"])

@@ -25,12 +25,15 @@ from model.scoring import ScoreResult
 CALIBRATION_FILE = "calibration.json"
 
 
-def load_calibrator(version_dir: Path) -> CorrectnessCalibrator | None:
+def read_calibration(version_dir: Path) -> dict[str, Any]:
+    """What the worker wrote after certifying a version: calibrator, certificate, band summary ({} if none)."""
     p = version_dir / CALIBRATION_FILE
-    if not p.is_file():
-        return None
-    data = json.loads(p.read_text())
-    return CorrectnessCalibrator.from_dict(data["calibrator"]) if data.get("calibrator") else None
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def load_calibrator(version_dir: Path) -> CorrectnessCalibrator | None:
+    data = read_calibration(version_dir).get("calibrator")
+    return CorrectnessCalibrator.from_dict(data) if data else None
 
 
 def choices_result(schema: LabelSchema, labels: dict[str, str]) -> list[dict[str, Any]]:
