@@ -27,6 +27,7 @@ Pairs are grouped by connected components, so a group lists every copy of one pi
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,43 +61,42 @@ def exact_groups(sha256: list[str | None]) -> list[DuplicateGroup]:
     return [DuplicateGroup("exact", members) for members in by_digest.values() if len(members) > 1]
 
 
-def hamming_candidates(hashes: np.ndarray, candidates: np.ndarray, max_hamming: int) -> list[tuple[int, int, int]]:
-    """(i, j, distance) with i < j among ``candidates`` whose 64-bit hashes differ in at most ``max_hamming`` bits.
+def _pairs_within(n: int, block: Callable[[int, int], np.ndarray], accept: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[int, int, Any]]:
+    """(i, j, value) with i < j over all pairs of ``n`` items whose value ``accept`` keeps.
 
-    All pairs, in row chunks so memory stays at ``_CHUNK`` x N bytes: 10,000 hashes take about a second.
+    ``block(a, b)`` gives the values of rows a:b against all n items; rows go ``_CHUNK`` at a time, so
+    memory stays at ``_CHUNK`` x n values: 10,000 items take about a second.
     """
-    h = hashes[candidates].astype(np.uint64)
-    found = []
-    for start in range(0, len(h), _CHUNK):
-        block = np.bitwise_count(h[start:start + _CHUNK, None] ^ h[None, :])
-        rows, cols = np.nonzero(block <= max_hamming)
+    for start in range(0, n, _CHUNK):
+        values = block(start, min(start + _CHUNK, n))
+        rows, cols = np.nonzero(accept(values))
         keep = cols > rows + start
         for r, c in zip(rows[keep], cols[keep]):
-            found.append((int(candidates[r + start]), int(candidates[c]), int(block[r, c])))
-    return found
+            yield int(r + start), int(c), values[r, c]
+
+
+def hamming_candidates(hashes: np.ndarray, candidates: np.ndarray, max_hamming: int) -> list[tuple[int, int, int]]:
+    """(i, j, distance) with i < j among ``candidates`` whose 64-bit hashes differ in at most ``max_hamming`` bits."""
+    h = hashes[candidates].astype(np.uint64)
+    return [(int(candidates[i]), int(candidates[j]), int(d))
+            for i, j, d in _pairs_within(len(h), lambda a, b: np.bitwise_count(h[a:b, None] ^ h[None, :]), lambda d: d <= max_hamming)]
 
 
 def cosine_candidates(unit: np.ndarray, candidates: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
     """(i, j) with i < j among ``candidates`` whose unit embeddings have a dot product of at least ``min_cosine``."""
     x = unit[candidates].astype(np.float32)
-    found = []
-    for start in range(0, len(x), _CHUNK):
-        rows, cols = np.nonzero(x[start:start + _CHUNK] @ x.T >= min_cosine)
-        keep = cols > rows + start
-        found.extend((int(candidates[r + start]), int(candidates[c])) for r, c in zip(rows[keep], cols[keep]))
-    return found
+    return [(int(candidates[i]), int(candidates[j])) for i, j, _ in _pairs_within(len(x), lambda a, b: x[a:b] @ x.T, lambda c: c >= min_cosine)]
 
 
-def tiny_correlation(tiny: np.ndarray, i: int, j: int) -> float:
-    """Correlation of two 16x16x3 thumbnails, each channel normalised to zero mean and unit variance."""
-    a, b = (_normalised_thumbnail(tiny[k]) for k in (i, j))
-    return float(a @ b)
+def normalised_thumbnails(tiny: np.ndarray) -> np.ndarray:
+    """(N, 768) rows whose dot product is the correlation of two 16x16x3 thumbnails.
 
-
-def _normalised_thumbnail(thumb: np.ndarray) -> np.ndarray:
-    t = thumb.reshape(-1, 3).astype(np.float64)
-    t = (t - t.mean(axis=0)) / np.maximum(t.std(axis=0), 1e-6)
-    return t.ravel() / np.sqrt(t.size)
+    Each channel goes to zero mean and unit variance (so brightness and contrast changes cancel) and
+    each row to unit length.
+    """
+    t = tiny.reshape(len(tiny), -1, 3).astype(np.float64)
+    t = (t - t.mean(axis=1, keepdims=True)) / np.maximum(t.std(axis=1, keepdims=True), 1e-6)
+    return t.reshape(len(tiny), -1) / np.sqrt(t.shape[1] * 3)
 
 
 def near_groups(
@@ -117,12 +117,17 @@ def near_groups(
     candidates = np.flatnonzero(usable & (contrast >= flat_contrast) & ~np.isnan(embeddings).any(axis=1))
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     hashed = {(i, j): d for i, j, d in hamming_candidates(phash, candidates, max_hamming)}
+    found = sorted(set(hashed) | set(cosine_candidates(unit, candidates, min_cosine)))
+    if not found:
+        return []
+    involved = np.unique(np.array(found, dtype=np.int64).reshape(-1))
+    thumbs = dict(zip(involved.tolist(), normalised_thumbnails(tiny[involved])))  # each thumbnail normalised once
     pairs = []
-    for i, j in sorted(set(hashed) | set(cosine_candidates(unit, candidates, min_cosine))):
+    for i, j in found:
         if i in same_file and same_file.get(j) == same_file[i]:
             continue
         cosine = float(unit[i] @ unit[j])
-        if cosine >= content_cosine and tiny_correlation(tiny, i, j) >= min_correlation:
+        if cosine >= content_cosine and float(thumbs[i] @ thumbs[j]) >= min_correlation:
             pairs.append((i, j, hashed.get((i, j), int(np.bitwise_count(phash[i] ^ phash[j]))), cosine))
     if not pairs:
         return []
