@@ -53,6 +53,21 @@ def free_port(preferred: int | None = None) -> int:
         return s.getsockname()[1]
 
 
+def wait_for_backend(url: str, logs: Path, timeout: float = 120) -> None:
+    """Wait until the backend at ``url`` answers /health; ``logs`` is where to look when it does not."""
+    import requests
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the backend did not answer on {url} within {timeout:.0f} s; see {logs}")
+
+
 @dataclass
 class RunningLabelStudio:
     """A Label Studio that is already running (``weather-al demo --label-studio-url``); the demo never stops it."""
@@ -101,7 +116,7 @@ class Stack:
             logs.mkdir(exist_ok=True)
             stack._spawn(["serve", "--no-worker"], logs / "backend.log")
             stack._spawn(["worker"], logs / "worker.log")
-            stack._wait_backend()
+            wait_for_backend(stack.backend_url, logs)
         except BaseException:
             stack.stop()
             raise
@@ -113,19 +128,6 @@ class Stack:
                              start_new_session=True)
         self.processes.append(p)
         return p
-
-    def _wait_backend(self, timeout: float = 120) -> None:
-        import requests
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{self.backend_url}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the backend did not answer on {self.backend_url} within {timeout:.0f} s; see {self.workdir / 'logs'}")
 
     def client(self) -> LabelStudio:
         return LabelStudio(base_url=self.label_studio.url, api_key=self.label_studio.token)

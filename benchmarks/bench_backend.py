@@ -46,7 +46,7 @@ import numpy as np
 import requests
 import torch
 
-from common import machine, table
+from common import machine, process_tree_memory, table
 from model.data import read_manifest
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.synth import generate
@@ -63,34 +63,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def process_tree_memory_mb(pid: int) -> dict[int, tuple[float, float]]:
-    """RSS and PSS (MB) of ``pid`` and each of its descendants, from /proc.
-
-    RSS counts pages shared with the parent in every process (gunicorn forks its worker from a master
-    that has imported torch), so the sum of RSS overstates what the tree costs; PSS splits shared pages.
-    """
-    out, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:])
-            out[p] = (int(fields["Rss"].split()[0]) / 1024, int(fields["Pss"].split()[0]) / 1024)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
 def server_side_mean_ms(url: str, endpoint: str) -> float:
     """Mean handling time of ``endpoint`` as the web process measured it (its Prometheus histogram)."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    values = {}
-    for line in text.splitlines():
-        for kind in ("sum", "count"):
-            if line.startswith(f"weather_al_request_seconds_{kind}{{") and f'endpoint="{endpoint}"' in line:
-                values[kind] = float(line.rsplit(" ", 1)[1])
-    return 1000 * values["sum"] / values["count"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text)
+    values = {s.name: s.value for f in families if f.name == "weather_al_request_seconds" for s in f.samples
+              if s.labels.get("endpoint") == endpoint}
+    return 1000 * values["weather_al_request_seconds_sum"] / values["weather_al_request_seconds_count"]
 
 
 def single_image_forward_ms(model_dir: Path, repeats: int = 30) -> float:
@@ -114,22 +94,14 @@ class WebProcess:
     """``weather-al serve --no-worker`` on a free port, stopped on exit."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        from backend.demo import free_port
+        from backend.demo import free_port, wait_for_backend
 
-        self.port = free_port(None)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
+        port = free_port(None)
+        self.url = f"http://127.0.0.1:{port}"
         with open(log, "ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--no-worker"], env={**env, "PORT": str(self.port)},
+            self.proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--no-worker"], env={**env, "PORT": str(port)},
                                          stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.5)
-        raise RuntimeError(f"the backend did not start; see {log}")
+        wait_for_backend(self.url, log)
 
     def close(self) -> None:
         os.killpg(self.proc.pid, 15)
@@ -180,7 +152,7 @@ def web_part(args: argparse.Namespace, work: Path) -> None:
         batch = tasks[args.n_single : args.n_single + args.n_batch]
         batch_s, reply = predict(web.url, batch)
         predicted = sum(1 for item in reply["results"] if item)
-        memory = process_tree_memory_mb(web.proc.pid)
+        memory = {p: (rss / 2**20, pss / 2**20) for p, (rss, pss) in process_tree_memory(web.proc.pid).items()}  # MB
 
         def event(i: int) -> float:
             t0 = time.perf_counter()

@@ -5,7 +5,7 @@
    each, no validation, taken from the loop's own ``images_per_s``.
 2. Peak RSS of ``weather-al train`` on 1,000 synthetic scenes at 160 px, run as a subprocess:
    ``ru_maxrss`` of the children (the largest single process: the trainer; DataLoader workers are
-   separate processes and are counted on their own), and, when psutil is installed, the peaks of the
+   separate processes and are counted on their own), and the peaks of the
    RSS summed over the trainer and its workers (an upper bound: forked workers share pages) and of
    the PSS summed over them (shared pages split between their users: the footprint).
    Target: under 3 GB.
@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import SCENES, machine, synthetic_set, table
+from common import SCENES, machine, process_tree_memory, synthetic_set, table
 from model.data import read_manifest
 from model.schema import LabelSchema
 from model.training import TrainConfig, train
@@ -50,24 +50,17 @@ def throughput(manifest: Path, image_size: int, batch_size: int, stages: int) ->
 
 
 def _tree_memory_peak(pid: int, stop: threading.Event, out: list[tuple[int, int]]) -> None:
-    """Poll RSS and PSS summed over ``pid`` and its descendants (needs psutil); PSS splits shared pages fairly."""
-    import psutil
-
+    """Poll RSS and PSS summed over ``pid`` and its descendants until ``stop``; append the peaks."""
     peak_rss = peak_pss = 0
-    root = psutil.Process(pid)
     while not stop.is_set():
-        try:
-            infos = [p.memory_full_info() for p in (root, *root.children(recursive=True))]
-            peak_rss = max(peak_rss, sum(i.rss for i in infos))
-            peak_pss = max(peak_pss, sum(i.pss for i in infos))
-        except psutil.Error:  # a worker exited between listing and reading
-            pass
+        memory = process_tree_memory(pid).values()
+        peak_rss, peak_pss = max(peak_rss, sum(r for r, _ in memory)), max(peak_pss, sum(p for _, p in memory))
         time.sleep(0.5)
     out.append((peak_rss, peak_pss))
 
 
-def peak_memory(manifest: Path, image_size: int, epochs: int) -> tuple[float, tuple[float, float] | None, float]:
-    """(ru_maxrss of the children in GB, (summed RSS, summed PSS) peaks in GB or None, wall seconds)."""
+def peak_memory(manifest: Path, image_size: int, epochs: int) -> tuple[float, tuple[float, float], float]:
+    """(ru_maxrss of the children in GB, (summed RSS, summed PSS) peaks in GB, wall seconds)."""
     out_dir = Path(tempfile.mkdtemp(prefix="weather-al-bench-train-"))
     config = out_dir / "config.json"  # the defaults, but exactly ``epochs`` epochs (no min_steps floor)
     config.write_text(json.dumps({"epochs": epochs, "min_steps": 1}))
@@ -76,22 +69,16 @@ def peak_memory(manifest: Path, image_size: int, epochs: int) -> tuple[float, tu
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     stop, peaks = threading.Event(), []
-    try:
-        import psutil  # noqa: F401
-
-        poller = threading.Thread(target=_tree_memory_peak, args=(proc.pid, stop, peaks), daemon=True)
-        poller.start()
-    except ImportError:
-        poller = None
+    poller = threading.Thread(target=_tree_memory_peak, args=(proc.pid, stop, peaks), daemon=True)
+    poller.start()
     rc = proc.wait()
     wall = time.perf_counter() - t0
     stop.set()
-    if poller:
-        poller.join()
+    poller.join()
     if rc != 0:
         raise SystemExit(f"`{' '.join(cmd)}` failed with exit status {rc}")
     maxrss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
-    return maxrss_kb / 2**20, (tuple(x / 2**30 for x in peaks[0]) if peaks else None), wall
+    return maxrss_kb / 2**20, (peaks[0][0] / 2**30, peaks[0][1] / 2**30), wall
 
 
 def main() -> None:
@@ -116,9 +103,8 @@ def main() -> None:
         maxrss, tree, wall = peak_memory(manifest, args.image_size, args.epochs)
         print(f"\n# `weather-al train` on {args.n_memory} images at {args.image_size} px, {args.epochs} epoch(s), {wall:.0f} s")
         rows = [["ru_maxrss of children (largest process)", maxrss, "yes" if maxrss < TARGET_GB else "NO"]]
-        if tree is not None:
-            rows.append(["peak RSS summed over trainer + workers (counts shared pages twice)", tree[0], "yes" if tree[0] < TARGET_GB else "NO"])
-            rows.append(["peak PSS summed over trainer + workers", tree[1], "yes" if tree[1] < TARGET_GB else "NO"])
+        rows.append(["peak RSS summed over trainer + workers (counts shared pages twice)", tree[0], "yes" if tree[0] < TARGET_GB else "NO"])
+        rows.append(["peak PSS summed over trainer + workers", tree[1], "yes" if tree[1] < TARGET_GB else "NO"])
         print(table(["measure", "GB", f"< {TARGET_GB:.0f} GB"], rows), flush=True)
 
     rows = []

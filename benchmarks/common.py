@@ -52,6 +52,26 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def process_tree_memory(pid: int) -> dict[int, tuple[int, int]]:
+    """RSS and PSS in bytes of ``pid`` and each of its descendants, from Linux's /proc.
+
+    RSS counts pages a forked child shares with its parent (torch's libraries, once imported) in
+    both, so a sum of RSS overstates what the tree costs; PSS splits shared pages between their users.
+    A process that exits while it is read is left out.
+    """
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:])
+            out[p] = (int(fields["Rss"].split()[0]) * 1024, int(fields["Pss"].split()[0]) * 1024)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
 def machine() -> str:
     """One line on the hardware, and the load the benchmark shared it with (other processes skew figures)."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
