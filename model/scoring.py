@@ -71,9 +71,9 @@ def default_workers() -> int:
     """DataLoader workers: none on 2 cores or fewer, else one per core beyond two, at most 2.
 
     torch's intra-op threads already use every core, and reading plus draft-mode decoding plus resizing
-    a 640x360 JPEG costs ~3 ms of CPU against ~35 ms for the forward pass at 160 px. On 2 cores a worker
-    only takes a core from the forward pass: benchmarks/bench_scoring.py measured 42 img/s with no
-    worker against 34-41 with one, and training was no faster with one either.
+    a 640x360 JPEG costs ~3.6 ms of CPU against ~36 ms for the forward pass at 160 px. On 2 cores a
+    worker only takes a core from the forward pass: benchmarks/bench_scoring.py measured 61 img/s with
+    no worker, 49 with one and 45 with two (2 torch threads).
     """
     return max(0, min(2, (os.cpu_count() or 1) - 2))
 

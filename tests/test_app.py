@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 from pathlib import Path
@@ -200,7 +201,7 @@ def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path
     store = ModelStore(store_dir)
     assert store.state("7")["machine_task_ids"] == [1, 2, 3]
     (record,) = [p for p in (store_dir / "7" / "accepts").glob("*.json")]
-    saved = __import__("json").loads(record.read_text())
+    saved = json.loads(record.read_text())
     assert saved["task_ids"] == [1, 2, 3] and saved["version"] == version and saved["certified_lower_bound"] == 0.96
     assert saved["created_at"] == "2026-11-28T10:00:01Z"  # the first annotation's time, so undo finds them all
     assert 'weather_al_machine_labeled{project="7"} 3.0' in c.get("/metrics").get_data(as_text=True)

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 import redis
 import requests
 import torch
@@ -182,6 +183,13 @@ def finish_run(loop: Loop, runs_before: int) -> str:
 
 def newest_version(loop: Loop) -> str:
     return loop.store.versions(loop.pid)[-1]["version"]
+
+
+def webhooks_answered(loop: Loop) -> float:
+    """How many /webhook requests the backend has answered, from its /metrics."""
+    text = requests.get(f"{loop.stack.backend_url}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "weather_al_requests"
+               for s in f.samples if s.name == "weather_al_requests_total" and s.labels.get("endpoint") == "/webhook")
 
 
 def predictions_of(task: dict[str, Any], version: str) -> list[dict[str, Any]]:
@@ -478,6 +486,7 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
     certificate = Certificate(threshold=0.3, lower_bound=0.96, precision=1.0, n_calibration=120, n_in_band=60,
                               target=0.95, delta=0.05, more_labels_needed=None, message="test")
     project = LabelStudioProject(loop.stack.label_studio.url, loop.stack.label_studio.token, loop.project)
+    webhooks_before = webhooks_answered(loop)
     try:
         outcome = accept_band(project, loop.store, loop.pid, version, people + audit + sorted(earlier_audit)[:2] + accepted, certificate)
         after = {t["id"]: t for t in loop.tasks()}
@@ -490,7 +499,7 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
         assert record["task_ids"] == sorted(accepted) and record["version"] == version and record["certified_lower_bound"] == 0.96
         assert set(accepted) <= set(loop.store.state(loop.pid)["machine_task_ids"])
         # Label Studio's ANNOTATIONS_CREATED webhook for this conversion finds the tasks known: no second record
-        time.sleep(3)
+        wait_until(lambda: webhooks_answered(loop) > webhooks_before, 30, "Label Studio's ANNOTATIONS_CREATED webhook")
         assert [r["id"] for r in list_accepts(loop.store, loop.pid)] == [outcome["record"]]
 
         assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == len(accepted)
