@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from model.schema import LabelSchema, SchemaError
 
-from .autolabel import record_label_studio_accept
+from .accepts import record_label_studio_accept
 from .predictor import Predictor, SchemaMismatch
 from .queue import Broker, QueueUnavailable
 from .settings import Settings

@@ -6,7 +6,7 @@ Views (Data Manager tabs) after every training:
 - "Audit sample": a random sample of the candidates for people to verify ("Label Tasks As Displayed").
 
 A bulk accept never touches a task a person labeled or an audit task, and is recorded (model version,
-threshold, certified bound, task ids) so that ``weather-al undo-accept`` can take it back.
+threshold, certified bound, task ids; see ``accepts``) so that ``weather-al undo-accept`` can take it back.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from typing import Any
 from model.certify import Certificate
 from model.checkpoint import write_json_atomic
 
+from .accepts import ACCEPTS, list_accepts, write_accept_record
 from .labelstudio import (AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, LabelStudioProject, as_dict, score_range_filter,
                           task_id_filters, unlabeled_filter)
-from .predictions import read_calibration
 from .store import ModelStore
 
 logger = logging.getLogger(__name__)
-
-ACCEPTS = "accepts"
 
 
 def update_views(ls: LabelStudioProject, certified_score_floor: float | None, audit_ids: list[int]) -> dict[str, int]:
@@ -61,49 +59,6 @@ def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: st
     record = write_accept_record(store, pid, version, chosen, certificate.to_dict(), source="worker (AUTO_ACCEPT)", created_at=started)
     logger.info("project %s: accepted %d certified predictions of %s (record %s)", pid, len(chosen), version, record["id"])
     return {"record": record["id"], "accepted": len(chosen)}
-
-
-def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Record a bulk accept a person ran in Label Studio (Create Annotations From Predictions).
-
-    Label Studio reports it as one ANNOTATIONS_CREATED webhook, the only event it sends in bulk. Tasks
-    already known as machine-labeled (the worker's own AUTO_ACCEPT) are not recorded again. The record
-    names the project's current version and that version's certificate, since the candidates view lists
-    the current version's certified band.
-    """
-    task_ids = sorted({_task_id(a) for a in annotations if a.get("parent_prediction") is not None})
-    new = store.mark_machine_labeled(pid, task_ids)
-    if not new:
-        return None
-    version = store.current_version(pid) or "unknown"
-    certificate = read_calibration(store.version_dir(pid, version)).get("certificate") or {}
-    started = min((a.get("created_at") or "" for a in annotations), default="") or None
-    record = write_accept_record(store, pid, version, new, certificate, source="Label Studio", created_at=started)
-    logger.info("project %s: recorded a bulk accept of %d predictions made in Label Studio (record %s)", pid, len(new), record["id"])
-    return record
-
-
-def _task_id(annotation: dict[str, Any]) -> int:
-    task = annotation.get("task")
-    return int(task["id"] if isinstance(task, dict) else task)
-
-
-def write_accept_record(store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: dict[str, Any],
-                        source: str, created_at: str | None = None) -> dict[str, Any]:
-    """The record ``weather-al undo-accept`` reads: model version, threshold, certified bound, task ids."""
-    now = datetime.now(timezone.utc)
-    record = {
-        "id": now.strftime("%Y%m%dT%H%M%S%f"), "created_at": created_at or now.isoformat(), "source": source,
-        "version": version, "threshold": certificate.get("threshold"),
-        "certified_lower_bound": certificate.get("lower_bound"), "target": certificate.get("target"),
-        "delta": certificate.get("delta"), "task_ids": sorted(task_ids), "undone": False,
-    }
-    write_json_atomic(store.record_dir(pid, ACCEPTS) / f"{record['id']}.json", record)
-    return record
-
-
-def list_accepts(store: ModelStore, pid: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(store.record_dir(pid, ACCEPTS).glob("*.json"))]
 
 
 def undo_accept(ls: LabelStudioProject, store: ModelStore, pid: str, record_id: str) -> int:

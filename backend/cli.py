@@ -106,7 +106,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_undo_accept(args: argparse.Namespace) -> None:
-    from .autolabel import list_accepts, undo_accept
+    from .accepts import list_accepts
+    from .autolabel import undo_accept
     from .labelstudio import LabelStudioProject
     from .settings import get_settings
     from .store import ModelStore

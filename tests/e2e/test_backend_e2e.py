@@ -41,7 +41,8 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from backend.autolabel import accept_band, list_accepts, undo_accept
+from backend.accepts import list_accepts
+from backend.autolabel import accept_band, undo_accept
 from backend.connect import connect
 from backend.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, view_tasks, wait_for_run
 from backend.labelstudio import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
