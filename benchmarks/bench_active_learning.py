@@ -16,7 +16,7 @@ loss+diversity. Prints, and writes to OUT/benchmark.md:
 
 Small version on CPU: ``python benchmarks/bench_active_learning.py --pool 300 --seed-size 100 --k 50
 --audit 20 --cycles 2 --seeds 0 --image-size 96 --epochs 3 --out runs/bench-smoke``. Full version on a
-GPU host (16 cores): ``python benchmarks/bench_active_learning.py --device cuda --workers 15``.
+GPU host (16 cores): ``python benchmarks/bench_active_learning.py --device cuda --workers 0 --jobs 15``.
 Scenes come from the folder the other benchmarks share (benchmarks/common.py).
 """
 
@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--backbone", default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: up to 2; use cores - 1 on a big host)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per run (default: up to 2; 0 with --jobs on a big host)")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side in their own processes (GPU host: one per run)")
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--delta", type=float, default=0.05)
     return p.parse_args(argv)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     data = SimulationData.from_manifest(manifest, pool_size=args.pool, test_size=test)
     result = simulate(data, strategies, seeds, args.out, seed_size=args.seed_size, k=args.k, cycles=args.cycles,
                       audit_size=args.audit, train_config=config, target=args.target, delta=args.delta,
-                      calibration_labels=args.calibration_labels)
+                      calibration_labels=args.calibration_labels, jobs=args.jobs)
     eff = label_efficiency(result.rows)
     finals = final_per_seed(result.rows)
     honest = [repeated_audit_check(t, args.draws, args.target, args.delta, seed=t.seed) for t in result.traces]

@@ -24,7 +24,7 @@ def synthetic_set(directory: Path, n: int, seed: int = 0) -> Path:
     manifest = directory / "manifest.csv"
     have = sum(1 for _ in manifest.open()) - 1 if manifest.is_file() else 0
     if have < n:
-        generate(directory, n, seed=seed, progress=True)
+        generate(directory, n, seed=seed, progress=True, workers=os.cpu_count())
         have = n
     if have == n:
         return manifest

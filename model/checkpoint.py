@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +23,9 @@ from .data import Example
 from .network import MultiHeadNet
 from .schema import LabelSchema
 from .scoring import ScoreResult, run_inference
+
+if TYPE_CHECKING:
+    from .decoded_images import DecodedImages
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -49,10 +52,11 @@ class TrainedModel:
     def version(self) -> str:
         return str(self.meta.get("version", ""))
 
-    def score(self, examples: list[Example], batch_size: int = 32, workers: int | None = None, progress: bool = False, desc: str = "scoring") -> ScoreResult:
+    def score(self, examples: list[Example], batch_size: int = 32, workers: int | None = None, progress: bool = False,
+              desc: str = "scoring", decoded: DecodedImages | None = None) -> ScoreResult:
         return run_inference(
             self.net, examples, self.image_size, tuple(self.meta["mean"]), tuple(self.meta["std"]),
-            batch_size=batch_size, workers=workers, progress=progress, desc=desc,
+            batch_size=batch_size, workers=workers, progress=progress, desc=desc, decoded=decoded,
         )
 
     def save(self, directory: str | Path) -> Path:

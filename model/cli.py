@@ -76,6 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side in their own processes (a GPU host: one per run, --workers 0)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("analyze", help="analyse a data set: distribution, unreadable images, label problems, duplicates, outliers, human baseline")
@@ -214,7 +215,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     data = SimulationData.from_manifest(args.data, pool_size=args.pool, test_size=args.test)
     result = simulate(data, strategies, seeds, args.out, seed_size=args.seed_size, k=args.k, cycles=args.cycles,
-                      audit_size=args.audit, train_config=config, calibration_labels=args.calibration_labels)
+                      audit_size=args.audit, train_config=config, calibration_labels=args.calibration_labels, jobs=args.jobs)
     print(f"wrote {result.results_path} and {result.report_path}")
 
 

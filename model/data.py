@@ -13,15 +13,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .augment import squash
 from .images import ImageError, load_image
 from .schema import LabelSchema
+
+if TYPE_CHECKING:
+    from .decoded_images import DecodedImages
 
 logger = logging.getLogger(__name__)
 
@@ -182,28 +186,43 @@ def _row_labels(schema: LabelSchema, values: dict[str, str | None], require_labe
 
 
 class ImageDataset(Dataset):
-    """Decodes images for a DataLoader; an unreadable image yields a failure record instead of raising.
+    """Decodes and squashes images for a DataLoader; an unreadable image yields a failure record instead of raising.
 
     Decoding runs in DataLoader worker processes, overlapping with the forward pass of the previous
-    batch; JPEG draft mode makes the decoder produce about ``image_size`` pixels directly.
+    batch; JPEG draft mode makes the decoder produce about ``image_size`` pixels directly. With
+    ``decoded`` (a :class:`model.decoded_images.DecodedImages` of the same size) the images it holds
+    are taken from it instead of being read again. ``transform`` maps the squashed uint8 pixels to the
+    network's input (model.augment); None keeps the uint8 pixels.
     """
 
-    def __init__(self, examples: list[Example], transform, image_size: int) -> None:
+    def __init__(self, examples: list[Example], transform: Callable[[torch.Tensor], torch.Tensor] | None, image_size: int,
+                 decoded: DecodedImages | None = None) -> None:
+        if decoded is not None and decoded.image_size != image_size:
+            raise ValueError(f"the decoded images are {decoded.image_size} px but this pass needs {image_size} px; decode them again")
         self.examples = examples
         self.transform = transform
         self.image_size = image_size
+        self.decoded = decoded
+        self.squash = squash(image_size)
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def pixels(self, ex: Example) -> torch.Tensor:
+        """(3, image_size, image_size) uint8 pixels of ``ex``; raises ImageError when it cannot be read."""
+        if self.decoded is not None and ex.key in self.decoded:
+            return self.decoded.pixels(ex.key)
+        return self.squash(load_image(ex.source, target_size=self.image_size, name=ex.key))
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
         try:
-            image = load_image(ex.source, target_size=self.image_size, name=ex.key)
+            pixels = self.pixels(ex)
         except ImageError as exc:
             return {"index": i, "error": str(exc)}
         labels = [(-1 if v is None else v) for v in ex.labels]
-        return {"index": i, "image": self.transform(image), "labels": torch.tensor(labels, dtype=torch.long)}
+        image = pixels if self.transform is None else self.transform(pixels)
+        return {"index": i, "image": image, "labels": torch.tensor(labels, dtype=torch.long)}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

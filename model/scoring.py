@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from .augment import eval_transform
 from .data import Example, ImageDataset, collate
 from .network import MultiHeadNet
 from .schema import LabelSchema
+
+if TYPE_CHECKING:
+    from .decoded_images import DecodedImages
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +91,16 @@ def run_inference(
     workers: int | None = None,
     progress: bool = False,
     desc: str = "scoring",
+    decoded: DecodedImages | None = None,
 ) -> ScoreResult:
-    """Score ``examples`` with ``model`` in eval mode; unreadable images go to ``failures``."""
+    """Score ``examples`` with ``model`` in eval mode; unreadable images go to ``failures``.
+
+    ``decoded``: images already decoded at ``image_size`` (model.decoded_images), taken from there.
+    """
     workers = default_workers() if workers is None else workers
     if len(examples) <= 2 * batch_size:
         workers = 0  # starting worker processes costs more than decoding a couple of batches
-    dataset = ImageDataset(examples, eval_transform(image_size, mean, std), image_size)
+    dataset = ImageDataset(examples, eval_transform(mean, std), image_size, decoded)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
         persistent_workers=False, prefetch_factor=4 if workers else None,

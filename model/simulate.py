@@ -24,20 +24,26 @@ from __future__ import annotations
 
 import csv
 import logging
+import multiprocessing as mp
+import os
+import queue as queue_module
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .active_learning import is_calibration_holdout, plan_cycle
 from .data import Example, ExampleSet, read_manifest
+from .decoded_images import DecodedImages
 from .evaluation import evaluate, mean_macro_f1
 from .schema import LabelSchema
-from .scoring import ScoreResult
+from .scoring import ScoreResult, default_workers
 from .selection import STRATEGY_NAMES, PoolView
 from .training import TrainConfig, train
 
@@ -158,6 +164,22 @@ def result_columns(schema: LabelSchema) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What every run of one simulation shares, besides the data."""
+
+    seed_size: int
+    k: int
+    cycles: int
+    audit_size: int
+    train_config: TrainConfig
+    holdout_fraction: float
+    target: float
+    delta: float
+    calibration_labels: str
+    batch_size: int
+
+
 def simulate(
     data: str | Path | SimulationData,
     strategies: list[str],
@@ -177,60 +199,137 @@ def simulate(
     batch_size: int = 64,
     progress: bool = True,
     report: bool = True,
+    jobs: int = 1,
 ) -> SimulationResult:
     """Run ``cycles`` rounds of active learning per strategy and seed; write results.csv and report.html.
 
     data: a labeled CSV manifest (truth.csv beside it is used when present; pool_size and test_size
     split it) or a ready SimulationData. Cycle 0 trains on the seed set's training half; each later cycle adds the previous plan's k
     manual picks. Every cycle is one row of results.csv, written as soon as it is known.
+
+    The pool and the test set are decoded once (model.decoded_images), not once per cycle. ``jobs``
+    runs that many (strategy, seed) runs side by side in their own processes, each with an equal
+    share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
     """
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
     if unknown or not strategies:
         raise ValueError(f"unknown or no strategies {unknown}; choose from {', '.join(STRATEGY_NAMES)}")
     if calibration_labels not in CALIBRATION_SOURCES:
         raise ValueError(f"calibration_labels must be one of {CALIBRATION_SOURCES}, got {calibration_labels!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     sim = data if isinstance(data, SimulationData) else SimulationData.from_manifest(data, pool_size=pool_size, test_size=test_size)
     if calibration_labels == "truth" and not sim.has_truth:
         raise ValueError("calibration_labels='truth' needs a truth file (truth.csv beside the manifest, as model.synth writes)")
     if seed_size > len(sim.pool):
         raise ValueError(f"the seed set ({seed_size}) is larger than the pool ({len(sim.pool)})")
     config = train_config or TrainConfig()
+    loop = LoopSettings(seed_size=seed_size, k=k, cycles=cycles, audit_size=audit_size, train_config=config,
+                        holdout_fraction=holdout_fraction, target=target, delta=delta,
+                        calibration_labels=calibration_labels, batch_size=batch_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
         "pool": len(sim.pool), "test": len(sim.test), "seed_size": seed_size, "k": k, "cycles": cycles,
         "audit_size": audit_size, "strategies": list(strategies), "seeds": list(seeds), "holdout_fraction": holdout_fraction,
         "target": target, "delta": delta, "calibration_labels": calibration_labels, "has_truth": sim.has_truth,
-        "train_config": config.to_dict(),
+        "train_config": config.to_dict(), "jobs": jobs,
     }
     columns = result_columns(sim.schema)
     results_path = out_dir / RESULTS_FILE
+    runs = [(strategy, seed) for seed in seeds for strategy in strategies]  # seeds outermost: a run cut short still compares every strategy
     rows: list[dict[str, Any]] = []
-    traces: list[RunTrace] = []
-    bar = tqdm(total=len(strategies) * len(seeds) * (cycles + 1), desc="simulate", unit="cycle", disable=not progress)
-    with results_path.open("w", newline="", encoding="utf-8") as fh:
+    bar = tqdm(total=len(runs) * (cycles + 1), desc="simulate", unit="cycle", disable=not progress)
+    with results_path.open("w", newline="", encoding="utf-8") as fh, tempfile.TemporaryDirectory(dir=out_dir, prefix=".decoded-") as tmp:
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        for seed in seeds:  # seeds outermost: a run cut short still compares every strategy
-            for strategy in strategies:
-                run = _Run(sim, strategy, seed, seed_size, holdout_fraction, calibration_labels)
-                for cycle in range(cycles + 1):
-                    bar.set_postfix(strategy=strategy, seed=seed, cycle=cycle)
-                    row = run.cycle(cycle, k, audit_size, config, target, delta, batch_size)
-                    if cycle < cycles:
-                        run.reveal()
-                    rows.append(row)
-                    writer.writerow({c: _csv_value(row.get(c)) for c in columns})
-                    fh.flush()
-                    bar.update()
-                traces.append(run.trace())
+
+        def record(row: dict[str, Any]) -> None:
+            rows.append(row)
+            writer.writerow({c: _csv_value(row.get(c)) for c in columns})
+            fh.flush()
+            bar.set_postfix(strategy=row["strategy"], seed=row["seed"], cycle=row["cycle"])
+            bar.update()
+
+        workers = default_workers() if config.workers is None else config.workers
+        decoded = DecodedImages.decode(sim.pool + sim.test, config.image_size, Path(tmp) / "pixels.npy",
+                                       workers=max(workers, min(jobs, os.cpu_count() or 1) - 1), progress=progress)
+        if jobs == 1:
+            traces = [_run(sim, strategy, seed, loop, decoded, record) for strategy, seed in runs]
+        else:
+            traces = _run_in_parallel(sim, runs, loop, decoded, jobs, record)
     bar.close()
+    order = {run: i for i, run in enumerate(runs)}
+    rows.sort(key=lambda r: (order[(r["strategy"], r["seed"])], r["cycle"]))
     result = SimulationResult(rows=rows, traces=traces, settings=settings, results_path=results_path, columns=columns)
     if report:
         from .simulation_report import write_report
 
         result.report_path = write_report(result, out_dir / REPORT_FILE)
     return result
+
+
+def _run(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages | None,
+         emit: Callable[[dict[str, Any]], None]) -> RunTrace:
+    """One (strategy, seed) run: ``emit`` gets each cycle's row as soon as it is known."""
+    run = _Run(sim, strategy, seed, loop, decoded)
+    for cycle in range(loop.cycles + 1):
+        emit(run.cycle(cycle))
+        if cycle < loop.cycles:
+            run.reveal()
+    return run.trace()
+
+
+_rows_queue: Any = None  # in a worker process of _run_in_parallel: where its rows go
+
+
+def _start_worker(queue: Any, threads: int) -> None:
+    global _rows_queue
+    _rows_queue = queue
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages) -> RunTrace:
+    return _run(sim, strategy, seed, loop, decoded, _rows_queue.put)
+
+
+def _run_in_parallel(sim: SimulationData, runs: list[tuple[str, int]], loop: LoopSettings, decoded: DecodedImages,
+                     jobs: int, record: Callable[[dict[str, Any]], None]) -> list[RunTrace]:
+    """Runs in ``jobs`` spawned processes (CUDA cannot be forked); rows are recorded as they arrive.
+
+    A run that fails stops the others at once and its error is raised here.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ctx.Pool(min(jobs, len(runs)), initializer=_start_worker, initargs=(queue, threads))
+    try:
+        pending = [pool.apply_async(_run_in_worker, (sim, strategy, seed, loop, decoded)) for strategy, seed in runs]
+        while not all(p.ready() for p in pending):
+            _drain(queue, record, timeout=0.5)
+            for p in pending:
+                if p.ready() and not p.successful():
+                    p.get()  # raises the run's error
+        traces = [p.get() for p in pending]
+        _drain(queue, record, timeout=0.5)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return traces
+
+
+def _drain(queue: Any, record: Callable[[dict[str, Any]], None], timeout: float) -> None:
+    """Record every row waiting in ``queue``, waiting up to ``timeout`` for the first."""
+    try:
+        row = queue.get(timeout=timeout)
+        while True:
+            record(row)
+            row = queue.get_nowait()
+    except queue_module.Empty:
+        pass
 
 
 def _csv_value(value: Any) -> Any:
@@ -242,23 +341,23 @@ def _csv_value(value: Any) -> Any:
 class _Run:
     """The state of one (strategy, seed) run: which pool images are labeled, and for what."""
 
-    def __init__(self, sim: SimulationData, strategy: str, seed: int, seed_size: int, holdout_fraction: float, calibration_labels: str) -> None:
-        self.sim, self.strategy, self.seed = sim, strategy, seed
-        seed_ids = np.random.default_rng(seed).choice(len(sim.pool), size=seed_size, replace=False)  # same for every strategy
-        held = np.array([is_calibration_holdout(sim.pool[i].key, holdout_fraction) for i in seed_ids], dtype=bool)
+    def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages | None) -> None:
+        self.sim, self.strategy, self.seed, self.loop, self.decoded = sim, strategy, seed, loop, decoded
+        seed_ids = np.random.default_rng(seed).choice(len(sim.pool), size=loop.seed_size, replace=False)  # same for every strategy
+        held = np.array([is_calibration_holdout(sim.pool[i].key, loop.holdout_fraction) for i in seed_ids], dtype=bool)
         self.train_ids: list[int] = [int(i) for i in seed_ids[~held]]
         self.holdout_ids: list[int] = [int(i) for i in seed_ids[held]]
         self.audit_ids: list[int] = []
-        self.n_seed = seed_size
+        self.n_seed = loop.seed_size
         self.n_manual = 0
-        self.calib_truth = calibration_labels == "truth"
+        self.calib_truth = loop.calibration_labels == "truth"
         self.rng = np.random.default_rng([seed, zlib.crc32(strategy.encode())])
         self.audit_draws: list[tuple[np.ndarray, int]] = []
         self.pending: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, int]] | None = None
         self.last: dict[str, Any] = {}
 
-    def cycle(self, cycle: int, k: int, audit_size: int, config: TrainConfig, target: float, delta: float, batch_size: int) -> dict[str, Any]:
-        sim = self.sim
+    def cycle(self, cycle: int) -> dict[str, Any]:
+        sim, loop, config, decoded = self.sim, self.loop, self.loop.train_config, self.decoded
         if len(self.train_ids) < 2:
             raise ValueError(f"only {len(self.train_ids)} seed labels are left for training after the calibration holdout; "
                              f"raise the seed set size")
@@ -270,16 +369,16 @@ class _Run:
         t0 = time.perf_counter()
         run_config = replace(config, seed=config.seed + 1000 * self.seed + cycle)
         model = train(ExampleSet(sim.schema, [sim.pool[i] for i in self.train_ids]), run_config, progress=False,
-                      version=f"{self.strategy}-seed{self.seed}-cycle{cycle}").model
+                      version=f"{self.strategy}-seed{self.seed}-cycle{cycle}", decoded=decoded).model
         row["time_train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        scored = model.score(sim.pool, batch_size=batch_size, workers=config.workers)
+        scored = model.score(sim.pool, batch_size=loop.batch_size, workers=config.workers, decoded=decoded)
         loss, pred, probs, embeddings = _in_pool_order(scored, sim.pool)
         row["time_score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        test_scored = model.score(sim.test, batch_size=batch_size, workers=config.workers)
+        test_scored = model.score(sim.test, batch_size=loop.batch_size, workers=config.workers, decoded=decoded)
         metrics = evaluate(test_scored)
         row["time_evaluate"] = time.perf_counter() - t0
         row.update(_test_columns(metrics))
@@ -293,8 +392,8 @@ class _Run:
         labeled[self.train_ids + self.holdout_ids + self.audit_ids] = True
         unlabeled = np.flatnonzero(~labeled & np.isfinite(loss))
         view = PoolView(loss[unlabeled], {h: p[unlabeled] for h, p in probs.items()}, embeddings[unlabeled])
-        plan = plan_cycle(view, loss[calib], correct_calib[calib], k=k, audit_size=audit_size, strategy=self.strategy,
-                          target=target, delta=delta, rng=self.rng)
+        plan = plan_cycle(view, loss[calib], correct_calib[calib], k=loop.k, audit_size=loop.audit_size, strategy=self.strategy,
+                          target=loop.target, delta=loop.delta, rng=self.rng)
         manual, audit, auto = unlabeled[plan.manual], unlabeled[plan.audit], unlabeled[plan.automatic]
         remaining = len(unlabeled) - len(manual) - len(audit)
         cert = plan.certificate
@@ -309,7 +408,7 @@ class _Run:
             "expected_accuracy_automatic": est.expected_accuracy if est is not None else None,
             "time_select": plan.timings["select"], "time_certify": plan.timings["certify"],
         })
-        self.pending = (manual, audit, (unlabeled[plan.audit_candidates], audit_size))
+        self.pending = (manual, audit, (unlabeled[plan.audit_candidates], loop.audit_size))
         self.last = {"loss": loss, "correct_calibration": correct_calib, "correct_labels": correct_labels, "correct_truth": correct_truth,
                      "test_loss": test_scored.predicted_loss, "test_true_loss": test_scored.true_loss()}
         return row

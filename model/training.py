@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from .imbalance import median_frequency_weights, undersample
 from .losses import per_sample_loss, ranking_loss
 from .network import MultiHeadNet
 from .scoring import default_workers, run_inference
+
+if TYPE_CHECKING:
+    from .decoded_images import DecodedImages
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +159,12 @@ def build_network(data: ExampleSet, config: TrainConfig) -> MultiHeadNet:
     return MultiHeadNet(build_backbone(config.backbone, weights=config.weights), data.schema)
 
 
-def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = True, version: str | None = None) -> TrainResult:
-    """Train on the labeled examples of ``data``; returns the best model on the validation split."""
+def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = True, version: str | None = None,
+          decoded: DecodedImages | None = None) -> TrainResult:
+    """Train on the labeled examples of ``data``; returns the best model on the validation split.
+
+    ``decoded``: images already decoded at ``config.image_size`` (model.decoded_images), taken from there.
+    """
     config = config or TrainConfig()
     seed_everything(config.seed)
     schema = data.schema
@@ -184,7 +191,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
     mean, std = net.backbone.mean, net.backbone.std
     workers = default_workers() if config.workers is None else config.workers
     loader = DataLoader(
-        ImageDataset(train_set.examples, train_transform(config.image_size, mean, std), config.image_size),
+        ImageDataset(train_set.examples, train_transform(config.image_size, mean, std), config.image_size, decoded),
         batch_size=config.batch_size, shuffle=True, num_workers=workers, collate_fn=collate, drop_last=len(kept) > config.batch_size,
         generator=torch.Generator().manual_seed(config.seed), persistent_workers=workers > 0,
     )
@@ -231,7 +238,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
             "features_detached": detach, "images_per_s": sums["n"] / (time.perf_counter() - t0),
         }
         if len(val_set.examples):
-            val_metrics = evaluate(run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers))
+            val_metrics = evaluate(run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded))
             record["val_macro_f1"] = mean_macro_f1(val_metrics)
             score = record["val_macro_f1"]
         else:
@@ -249,7 +256,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         logger.warning("training skipped %d unreadable image(s): %s", len(skipped), "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]))
     net.load_state_dict(best_state)
     net.eval()
-    val_result = run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers) if len(val_set.examples) else None
+    val_result = run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded) if len(val_set.examples) else None
     metrics = evaluate(val_result) if val_result is not None else {}
     metrics["best_epoch"] = best_epoch
     metrics["skipped_images"] = len(skipped) + len(data.problems) + (len(val_result.failures) if val_result is not None else 0)
@@ -300,7 +307,7 @@ def overfit_one_batch(data: ExampleSet, config: TrainConfig | None = None, steps
     net.set_trainable_stages(4)
     net.dropout.p = 0.0
     mean, std = net.backbone.mean, net.backbone.std
-    batch = collate([ImageDataset(labeled, eval_transform(config.image_size, mean, std), config.image_size)[i] for i in range(len(labeled))])
+    batch = collate([ImageDataset(labeled, eval_transform(mean, std), config.image_size)[i] for i in range(len(labeled))])
     if "image" not in batch:
         raise ValueError("none of the batch's images could be read")
     x, y = batch["image"], batch["labels"]
