@@ -209,10 +209,14 @@ class ImageDataset(Dataset):
         return len(self.examples)
 
     def pixels(self, ex: Example) -> torch.Tensor:
-        """(3, image_size, image_size) uint8 pixels of ``ex``; raises ImageError when it cannot be read."""
+        """(3, image_size, image_size) contiguous uint8 pixels of ``ex``; raises ImageError when it cannot be read.
+
+        Contiguous because PIL's pixels arrive channels-last, and the augmentations round differently on
+        the two layouts: a decoded image must train exactly as the file it came from.
+        """
         if self.decoded is not None and ex.key in self.decoded:
             return self.decoded.pixels(ex.key)
-        return self.squash(load_image(ex.source, target_size=self.image_size, name=ex.key))
+        return self.squash(load_image(ex.source, target_size=self.image_size, name=ex.key)).contiguous()
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
