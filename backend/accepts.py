@@ -43,6 +43,17 @@ def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[di
     return record
 
 
+def edited_by_a_person(annotation: dict[str, Any]) -> bool:
+    """Whether someone saved this annotation after it was created.
+
+    Label Studio records who saved an annotation through its API (the editor's Update button, an SDK
+    update) in ``updated_by``; a bulk conversion of predictions leaves it empty. A machine label a
+    person corrected or confirmed this way is a person's label: it trains the model, and an undo
+    keeps it.
+    """
+    return bool(annotation.get("updated_by"))
+
+
 def _task_id(annotation: dict[str, Any]) -> int:
     task = annotation.get("task")
     return int(task["id"] if isinstance(task, dict) else task)

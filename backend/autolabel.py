@@ -19,7 +19,7 @@ from typing import Any
 from model.certify import Certificate
 from model.checkpoint import write_json_atomic
 
-from .accepts import ACCEPTS, list_accepts, write_accept_record
+from .accepts import ACCEPTS, edited_by_a_person, list_accepts, write_accept_record
 from .labelstudio import (AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, LabelStudioProject, as_dict, score_range_filter,
                           task_id_filters, unlabeled_filter)
 from .store import ModelStore
@@ -61,26 +61,36 @@ def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: st
     return {"record": record["id"], "accepted": len(chosen)}
 
 
-def undo_accept(ls: LabelStudioProject, store: ModelStore, pid: str, record_id: str) -> int:
-    """Delete the annotations a bulk accept created (those made from a prediction, on its tasks)."""
+def undo_accept(ls: LabelStudioProject, store: ModelStore, pid: str, record_id: str) -> dict[str, Any]:
+    """Delete the annotations a bulk accept created (those made from a prediction, on its tasks).
+
+    An annotation a person saved since the accept (``edited_by_a_person``) is theirs now and stays.
+    Returns the number deleted and the ids of the tasks kept that way.
+    """
     path = store.record_dir(pid, ACCEPTS) / f"{record_id}.json"
     if not path.is_file():
         known = ", ".join(r["id"] for r in list_accepts(store, pid)) or "none"
         raise FileNotFoundError(f"no bulk-accept record {record_id} in project {pid} (records: {known})")
     record = json.loads(path.read_text())
     if record.get("undone"):
-        return 0
+        return {"deleted": 0, "kept": []}
     ids = set(record["task_ids"])
-    doomed = []
+    doomed, kept = [], []
     for task in ls.tasks():
         if int(task["id"]) in ids:
             for ann in task.get("annotations") or []:
                 ann = as_dict(ann)
-                if ann.get("parent_prediction") is not None and (ann.get("created_at") or "") >= record["created_at"][:19]:
+                if ann.get("parent_prediction") is None or (ann.get("created_at") or "") < record["created_at"][:19]:
+                    continue
+                if edited_by_a_person(ann):
+                    kept.append(int(task["id"]))
+                else:
                     doomed.append(int(ann["id"]))
     ls.delete_annotations(doomed)
     record["undone"] = True
+    record["kept_edited_task_ids"] = sorted(kept)
     write_json_atomic(path, record)
     store.mark_machine_labeled(pid, sorted(ids), labeled=False)
-    logger.info("project %s: undid bulk accept %s (%d annotations deleted)", pid, record_id, len(doomed))
-    return len(doomed)
+    logger.info("project %s: undid bulk accept %s (%d annotations deleted, %d kept: a person saved them since)",
+                pid, record_id, len(doomed), len(kept))
+    return {"deleted": len(doomed), "kept": sorted(kept)}

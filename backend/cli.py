@@ -119,8 +119,10 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
             print(f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}")
         return
     ls = LabelStudioProject(s.label_studio_url, s.label_studio_api_key or "", args.project)
-    n = undo_accept(ls, store, str(args.project), args.record)
-    print(f"deleted {n} machine annotation(s) of record {args.record}")
+    outcome = undo_accept(ls, store, str(args.project), args.record)
+    print(f"deleted {outcome['deleted']} machine annotation(s) of record {args.record}")
+    if outcome["kept"]:
+        print(f"kept the annotations of {len(outcome['kept'])} task(s) a person saved after the accept: {outcome['kept']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from model.scoring import ScoreResult
 from model.selection import PoolView
 from model.training import TrainConfig, train
 
+from .accepts import edited_by_a_person
 from .autolabel import accept_band, update_views
 from .fetch import FetchError, ImageFetcher
 from .labelstudio import UNCERTAINTY, UNIFORM, LabelStudioProject
@@ -191,7 +192,10 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
 
 
 def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: set[int]) -> ProjectData:
-    """Split tasks into human-labeled and unlabeled; bulk-accepted (machine) labels never train the model."""
+    """Split tasks into human-labeled and unlabeled; bulk-accepted (machine) labels never train the model.
+
+    A machine label a person has saved since (corrected or confirmed in the editor) is theirs and trains.
+    """
     data = ProjectData(schema)
     for task in tasks:
         tid = int(task["id"])
@@ -203,8 +207,8 @@ def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: 
         if ann is None:
             data.unlabeled.append((tid, url))
             continue
-        if tid in machine_ids:
-            continue
+        if tid in machine_ids and ann.get("parent_prediction") is not None and not edited_by_a_person(ann):
+            continue  # the bulk accept's own annotation, untouched since
         choices = annotation_choices(ann, schema)
         try:
             labels = tuple(schema.head(h).index(v) for h, v in choices.items() if v is not None)

@@ -45,6 +45,7 @@ from backend.accepts import list_accepts
 from backend.autolabel import accept_band, undo_accept
 from backend.connect import connect
 from backend.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, view_tasks, wait_for_run
+from backend.jobs import read_project
 from backend.labelstudio import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
 from backend.local_label_studio import LocalLabelStudio
 from backend.predictions import load_calibrator
@@ -475,7 +476,8 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
 
 
 def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: Loop) -> None:
-    """AUTO_ACCEPT's path (issue 4): Label Studio's predictions_to_annotations on the certified tasks only."""
+    """AUTO_ACCEPT's path (issue 4): Label Studio's predictions_to_annotations on the certified tasks only; its undo
+    keeps a machine label a person corrected since, and that label trains."""
     version = loop.model_version()
     before = {t["id"]: t for t in loop.tasks()}
     state = loop.store.state(loop.pid)
@@ -488,6 +490,7 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
                               target=0.95, delta=0.05, more_labels_needed=None, message="test")
     project = LabelStudioProject(loop.stack.label_studio.url, loop.stack.label_studio.token, loop.project)
     webhooks_before = webhooks_answered(loop)
+    edited_ids: list[int] = []
     try:
         outcome = accept_band(project, loop.store, loop.pid, version, people + audit + sorted(earlier_audit)[:2] + accepted, certificate)
         after = {t["id"]: t for t in loop.tasks()}
@@ -503,15 +506,28 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
         wait_until(lambda: webhooks_answered(loop) > webhooks_before, 30, "Label Studio's ANNOTATIONS_CREATED webhook")
         assert [r["id"] for r in list_accepts(loop.store, loop.pid)] == [outcome["record"]]
 
-        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == len(accepted)
+        # a person corrects one machine label in the editor (Update): from then on it is theirs
+        edited = accepted[0]
+        (machine_label,) = after[edited]["annotations"]
+        classes = LabelSchema.from_file().head("weather").classes
+        corrected = [dict(r, value={"choices": [next(c for c in classes if c not in r["value"]["choices"])]})
+                     if r["from_name"] == "weather" else r for r in machine_label["result"]]
+        project.client.annotations.update(id=machine_label["id"], result=corrected)
+        edited_ids.append(machine_label["id"])
+        assert edited in {tid for tid, _, _ in read_project(loop.tasks(), LabelSchema.from_file(), set(accepted)).labeled}
+
+        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {"deleted": len(accepted) - 1, "kept": [edited]}
         restored = {t["id"]: t for t in loop.tasks()}
-        assert {tid: [a["id"] for a in t["annotations"]] for tid, t in restored.items()} == \
-               {tid: [a["id"] for a in t["annotations"]] for tid, t in before.items()}
+        expected = {tid: [a["id"] for a in t["annotations"]] for tid, t in before.items()}
+        expected[edited] = [machine_label["id"]]
+        assert {tid: [a["id"] for a in t["annotations"]] for tid, t in restored.items()} == expected
+        assert restored[edited]["annotations"][0]["result"] == corrected
         assert not set(accepted) & set(loop.store.state(loop.pid).get("machine_task_ids", []))
-        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == 0  # an undone record stays undone
+        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {"deleted": 0, "kept": []}  # an undone record stays undone
         with pytest.raises(FileNotFoundError, match="no bulk-accept record"):
             undo_accept(project, loop.store, loop.pid, "19700101T000000000000")
     finally:
+        project.delete_annotations(edited_ids)  # leave the project as the later tests expect it
         loop.store.update_state(loop.pid, audit_task_ids=state.get("audit_task_ids", []))
 
 
