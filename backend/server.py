@@ -96,5 +96,12 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
     # expires 61 s after its holder dies; the others try to take it over only during maintenance, by default
     # every 10 minutes and no sooner than an idle dequeue times out (worker_ttl - 15 s). A worker killed with
     # SIGKILL would leave retries stalled for that long, so a replacement checks every minute instead.
+    logging.getLogger("rq.worker").addFilter(quiet_maintenance)
     Worker([QUEUE_NAME], connection=broker.conn, serializer=JSONSerializer, worker_ttl=75,
            maintenance_interval=60).work(burst=burst, with_scheduler=True)
+
+
+def quiet_maintenance(record: logging.LogRecord) -> bool:
+    """Keep RQ's "cleaning registries" lines out of a log above DEBUG: with maintenance every minute they would fill it."""
+    noisy = "cleaning" in str(record.msg) and "registries" in str(record.msg)
+    return not noisy or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

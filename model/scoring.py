@@ -81,6 +81,32 @@ def default_workers() -> int:
     return max(0, min(2, (os.cpu_count() or 1) - 2))
 
 
+def inference_loader(
+    examples: list[Example],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 32,
+    workers: int | None = None,
+    decoded: DecodedImages | None = None,
+    persistent: bool = False,
+) -> DataLoader:
+    """The DataLoader that :func:`run_inference` reads ``examples`` through.
+
+    ``persistent`` keeps its worker processes alive between passes, for a set scored again and again
+    (the validation split after every epoch); ``decoded``: images already decoded at ``image_size``
+    (model.decoded_images), taken from there.
+    """
+    workers = default_workers() if workers is None else workers
+    if len(examples) <= 2 * batch_size:
+        workers = 0  # starting worker processes costs more than decoding a couple of batches
+    return DataLoader(
+        ImageDataset(examples, eval_transform(mean, std), image_size, decoded), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate, persistent_workers=persistent and workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
+
+
 def run_inference(
     model: MultiHeadNet,
     examples: list[Example],
@@ -92,19 +118,14 @@ def run_inference(
     progress: bool = False,
     desc: str = "scoring",
     decoded: DecodedImages | None = None,
+    loader: DataLoader | None = None,
 ) -> ScoreResult:
     """Score ``examples`` with ``model`` in eval mode; unreadable images go to ``failures``.
 
-    ``decoded``: images already decoded at ``image_size`` (model.decoded_images), taken from there.
+    ``loader``: an :func:`inference_loader` over the same ``examples`` to read them through again;
+    by default a new one (``batch_size``, ``workers``, ``decoded`` are its settings).
     """
-    workers = default_workers() if workers is None else workers
-    if len(examples) <= 2 * batch_size:
-        workers = 0  # starting worker processes costs more than decoding a couple of batches
-    dataset = ImageDataset(examples, eval_transform(mean, std), image_size, decoded)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
-        persistent_workers=False, prefetch_factor=4 if workers else None,
-    )
+    loader = loader if loader is not None else inference_loader(examples, image_size, mean, std, batch_size, workers, decoded)
     device = next(model.parameters()).device
     schema = model.schema
     probs: dict[str, list[np.ndarray]] = {h: [] for h in schema.head_names}

@@ -39,7 +39,7 @@ from .evaluation import evaluate, mean_macro_f1
 from .imbalance import median_frequency_weights, undersample
 from .losses import per_sample_loss, ranking_loss
 from .network import MultiHeadNet
-from .scoring import default_workers, run_inference
+from .scoring import default_workers, inference_loader, run_inference
 
 if TYPE_CHECKING:
     from .decoded_images import DecodedImages
@@ -195,6 +195,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         batch_size=config.batch_size, shuffle=True, num_workers=workers, collate_fn=collate, drop_last=len(kept) > config.batch_size,
         generator=torch.Generator().manual_seed(config.seed), persistent_workers=workers > 0,
     )
+    val_loader = inference_loader(val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded, persistent=True)
     optimizer = _optimizer(net, config)
     # Small labeled sets make one-batch epochs: give the new layers at least ``min_steps`` updates
     epochs = max(config.epochs, math.ceil(config.min_steps / max(1, len(loader))))
@@ -238,7 +239,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
             "features_detached": detach, "images_per_s": sums["n"] / (time.perf_counter() - t0),
         }
         if len(val_set.examples):
-            val_metrics = evaluate(run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded))
+            val_metrics = evaluate(run_inference(net, val_set.examples, config.image_size, mean, std, loader=val_loader))
             record["val_macro_f1"] = mean_macro_f1(val_metrics)
             score = record["val_macro_f1"]
         else:
@@ -256,7 +257,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         logger.warning("training skipped %d unreadable image(s): %s", len(skipped), "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]))
     net.load_state_dict(best_state)
     net.eval()
-    val_result = run_inference(net, val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded) if len(val_set.examples) else None
+    val_result = run_inference(net, val_set.examples, config.image_size, mean, std, loader=val_loader) if len(val_set.examples) else None
     metrics = evaluate(val_result) if val_result is not None else {}
     metrics["best_epoch"] = best_epoch
     metrics["skipped_images"] = len(skipped) + len(data.problems) + (len(val_result.failures) if val_result is not None else 0)

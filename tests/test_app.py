@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis
 
 from backend.app import create_app
 from backend.queue import KEY, Broker
+from backend.server import quiet_maintenance
 from backend.settings import Settings
 from backend.store import ModelStore
 from tiny_data import write_tiny_set
@@ -217,3 +219,20 @@ def test_annotation_deletion_counts_towards_a_retrain(tmp_path, broker):
     r = c.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotation": [{"id": 1}]})
     assert r.status_code == 200 and r.get_json()["status"] != "ignored"
     assert len(broker.queue) == 1
+
+
+def test_rq_maintenance_lines_stay_out_of_an_info_log(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("rq.worker")
+    log.addFilter(quiet_maintenance)
+    try:
+        with caplog.at_level(logging.INFO, logger="rq.worker"):
+            log.info("Worker %s: cleaning registries for queue: %s", "w1", "training")
+            log.info("Worker %s: cleaning group registries", "w1")
+            log.info("Worker %s: done, quitting", "w1")
+        assert [r.getMessage() for r in caplog.records] == ["Worker w1: done, quitting"]
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="rq.worker"):
+            log.info("Worker %s: cleaning registries for queue: %s", "w1", "training")
+        assert len(caplog.records) == 1
+    finally:
+        log.removeFilter(quiet_maintenance)
