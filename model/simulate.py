@@ -252,6 +252,9 @@ def simulate(
             bar.update()
 
         workers = default_workers() if config.workers is None else config.workers
+        n_images = len(sim.pool) + len(sim.test)
+        logger.info("decoding the %d pool and test images once into %s (%.0f MB, removed at the end)",
+                    n_images, tmp, n_images * 3 * config.image_size ** 2 / 1e6)
         decoded = DecodedImages.decode(sim.pool + sim.test, config.image_size, Path(tmp) / "pixels.npy",
                                        workers=max(workers, min(jobs, os.cpu_count() or 1) - 1), progress=progress)
         if jobs == 1:
