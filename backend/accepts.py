@@ -54,6 +54,18 @@ def edited_by_a_person(annotation: dict[str, Any]) -> bool:
     return bool(annotation.get("updated_by"))
 
 
+def release_edited_machine_label(store: ModelStore, pid: str, annotation: dict[str, Any]) -> bool:
+    """Label Studio's ANNOTATION_UPDATED on a machine-labeled task: a person saved it, so it is theirs now.
+
+    The task stops counting as machine-labeled in /metrics (it already trains, see ``edited_by_a_person``).
+    Returns whether it was a machine label. Reads before it writes: most updates are of people's labels.
+    """
+    task = _task_id(annotation)
+    if task not in store.state(pid).get("machine_task_ids", []):
+        return False
+    return bool(store.mark_machine_labeled(pid, [task], labeled=False))
+
+
 def _task_id(annotation: dict[str, Any]) -> int:
     task = annotation.get("task")
     return int(task["id"] if isinstance(task, dict) else task)

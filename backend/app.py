@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from model.schema import LabelSchema, SchemaError
 
-from .accepts import record_label_studio_accept
+from .accepts import record_label_studio_accept, release_edited_machine_label
 from .predictor import Predictor, SchemaMismatch
 from .queue import Broker, QueueUnavailable
 from .settings import Settings
@@ -143,6 +143,10 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         if action not in TRAIN_ACTIONS | ANNOTATION_ACTIONS:
             return jsonify({"status": "ignored", "action": action, "message": f"action {action} does not affect training"})
         pid = project_id(data.get("project"))
+        annotation = data.get("annotation")
+        if action == "ANNOTATION_UPDATED" and isinstance(annotation, dict) and annotation.get("task") is not None:
+            if release_edited_machine_label(store, pid, annotation):
+                logger.info("project %s: a person saved the machine label of task %s; it is theirs now", pid, annotation["task"])
         if broker is None:
             raise BadRequest("no queue configured: set REDIS_URL or run `weather-al serve` (it embeds Redis)", 503)
         try:

@@ -236,3 +236,16 @@ def test_rq_maintenance_lines_stay_out_of_an_info_log(caplog: pytest.LogCaptureF
         assert len(caplog.records) == 1
     finally:
         log.removeFilter(quiet_maintenance)
+
+
+def test_a_person_saving_a_machine_label_makes_it_theirs(tmp_path, broker):
+    store = ModelStore(tmp_path / "models")
+    store.mark_machine_labeled("7", [1, 2, 3])
+    c = make_client(tmp_path, broker)
+    body = {"action": "ANNOTATION_UPDATED", "project": {"id": 7}, "annotation": {"id": 102, "task": 2, "updated_by": 1}}
+    r = c.post("/webhook", json=body)
+    assert r.status_code == 200 and r.get_json()["status"] != "ignored"  # a person's label counts towards a retrain
+    assert store.state("7")["machine_task_ids"] == [1, 3]
+    assert 'weather_al_machine_labeled{project="7"} 2.0' in c.get("/metrics").get_data(as_text=True)
+    person = dict(body, annotation={"id": 9, "task": 40, "updated_by": 1})  # an update of a person's own label changes nothing
+    assert c.post("/webhook", json=person).status_code == 200 and store.state("7")["machine_task_ids"] == [1, 3]

@@ -514,6 +514,8 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
                      if r["from_name"] == "weather" else r for r in machine_label["result"]]
         project.client.annotations.update(id=machine_label["id"], result=corrected)
         edited_ids.append(machine_label["id"])
+        wait_until(lambda: edited not in loop.store.state(loop.pid).get("machine_task_ids", []), 30,
+                   "Label Studio's ANNOTATION_UPDATED webhook releasing the corrected machine label")
         assert edited in {tid for tid, _, _ in read_project(loop.tasks(), LabelSchema.from_file(), set(accepted)).labeled}
 
         assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {"deleted": len(accepted) - 1, "kept": [edited]}
