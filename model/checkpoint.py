@@ -22,7 +22,7 @@ from .backbones import build_backbone
 from .data import Example
 from .network import MultiHeadNet
 from .schema import LabelSchema
-from .scoring import ScoreResult, run_inference
+from .scoring import ScoreResult, inference_loader, run_inference
 
 if TYPE_CHECKING:
     from .decoded_images import DecodedImages
@@ -54,10 +54,9 @@ class TrainedModel:
 
     def score(self, examples: list[Example], batch_size: int = 32, workers: int | None = None, progress: bool = False,
               desc: str = "scoring", decoded: DecodedImages | None = None) -> ScoreResult:
-        return run_inference(
-            self.net, examples, self.image_size, tuple(self.meta["mean"]), tuple(self.meta["std"]),
-            batch_size=batch_size, workers=workers, progress=progress, desc=desc, decoded=decoded,
-        )
+        loader = inference_loader(examples, self.image_size, tuple(self.meta["mean"]), tuple(self.meta["std"]),
+                                  batch_size=batch_size, workers=workers, decoded=decoded)
+        return run_inference(self.net, loader, progress=progress, desc=desc)
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

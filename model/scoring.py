@@ -91,7 +91,7 @@ def inference_loader(
     decoded: DecodedImages | None = None,
     persistent: bool = False,
 ) -> DataLoader:
-    """The DataLoader that :func:`run_inference` reads ``examples`` through.
+    """The DataLoader :func:`run_inference` reads ``examples`` through.
 
     ``persistent`` keeps its worker processes alive between passes, for a set scored again and again
     (the validation split after every epoch); ``decoded``: images already decoded at ``image_size``
@@ -107,25 +107,12 @@ def inference_loader(
     )
 
 
-def run_inference(
-    model: MultiHeadNet,
-    examples: list[Example],
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    batch_size: int = 32,
-    workers: int | None = None,
-    progress: bool = False,
-    desc: str = "scoring",
-    decoded: DecodedImages | None = None,
-    loader: DataLoader | None = None,
-) -> ScoreResult:
-    """Score ``examples`` with ``model`` in eval mode; unreadable images go to ``failures``.
+def run_inference(model: MultiHeadNet, loader: DataLoader, progress: bool = False, desc: str = "scoring") -> ScoreResult:
+    """Score the examples of ``loader`` (an :func:`inference_loader`) with ``model`` in eval mode.
 
-    ``loader``: an :func:`inference_loader` over the same ``examples`` to read them through again;
-    by default a new one (``batch_size``, ``workers``, ``decoded`` are its settings).
+    Unreadable images go to ``failures``. A persistent loader can be passed again and again.
     """
-    loader = loader if loader is not None else inference_loader(examples, image_size, mean, std, batch_size, workers, decoded)
+    examples: list[Example] = loader.dataset.examples
     device = next(model.parameters()).device
     schema = model.schema
     probs: dict[str, list[np.ndarray]] = {h: [] for h in schema.head_names}

@@ -30,7 +30,7 @@ import queue as queue_module
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -230,10 +230,8 @@ def simulate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "pool": len(sim.pool), "test": len(sim.test), "seed_size": seed_size, "k": k, "cycles": cycles,
-        "audit_size": audit_size, "strategies": list(strategies), "seeds": list(seeds), "holdout_fraction": holdout_fraction,
-        "target": target, "delta": delta, "calibration_labels": calibration_labels, "has_truth": sim.has_truth,
-        "train_config": config.to_dict(), "jobs": jobs,
+        "pool": len(sim.pool), "test": len(sim.test), **{f.name: getattr(loop, f.name) for f in fields(loop)},
+        "train_config": config.to_dict(), "strategies": list(strategies), "seeds": list(seeds), "has_truth": sim.has_truth, "jobs": jobs,
     }
     columns = result_columns(sim.schema)
     results_path = out_dir / RESULTS_FILE
@@ -272,7 +270,7 @@ def simulate(
     return result
 
 
-def _run(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages | None,
+def _run(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages,
          emit: Callable[[dict[str, Any]], None]) -> RunTrace:
     """One (strategy, seed) run: ``emit`` gets each cycle's row as soon as it is known."""
     run = _Run(sim, strategy, seed, loop, decoded)
@@ -344,7 +342,7 @@ def _csv_value(value: Any) -> Any:
 class _Run:
     """The state of one (strategy, seed) run: which pool images are labeled, and for what."""
 
-    def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages | None) -> None:
+    def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages) -> None:
         self.sim, self.strategy, self.seed, self.loop, self.decoded = sim, strategy, seed, loop, decoded
         seed_ids = np.random.default_rng(seed).choice(len(sim.pool), size=loop.seed_size, replace=False)  # same for every strategy
         held = np.array([is_calibration_holdout(sim.pool[i].key, loop.holdout_fraction) for i in seed_ids], dtype=bool)

@@ -239,7 +239,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
             "features_detached": detach, "images_per_s": sums["n"] / (time.perf_counter() - t0),
         }
         if len(val_set.examples):
-            val_metrics = evaluate(run_inference(net, val_set.examples, config.image_size, mean, std, loader=val_loader))
+            val_metrics = evaluate(run_inference(net, val_loader))
             record["val_macro_f1"] = mean_macro_f1(val_metrics)
             score = record["val_macro_f1"]
         else:
@@ -257,7 +257,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         logger.warning("training skipped %d unreadable image(s): %s", len(skipped), "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]))
     net.load_state_dict(best_state)
     net.eval()
-    val_result = run_inference(net, val_set.examples, config.image_size, mean, std, loader=val_loader) if len(val_set.examples) else None
+    val_result = run_inference(net, val_loader) if len(val_set.examples) else None
     metrics = evaluate(val_result) if val_result is not None else {}
     metrics["best_epoch"] = best_epoch
     metrics["skipped_images"] = len(skipped) + len(data.problems) + (len(val_result.failures) if val_result is not None else 0)

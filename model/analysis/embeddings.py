@@ -17,7 +17,7 @@ import numpy as np
 from ..backbones import build_backbone
 from ..network import MultiHeadNet
 from ..schema import LabelSchema
-from ..scoring import run_inference
+from ..scoring import inference_loader, run_inference
 from .inputs import Item
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ def embed(
     """
     net = MultiHeadNet(build_backbone(backbone, weights="imagenet"), schema)
     examples = [items[i].example() for i in indices]
-    result = run_inference(net, examples, image_size, net.backbone.mean, net.backbone.std,
-                           batch_size=batch_size, workers=workers, progress=progress, desc="embedding")
+    loader = inference_loader(examples, image_size, net.backbone.mean, net.backbone.std, batch_size=batch_size, workers=workers)
+    result = run_inference(net, loader, progress=progress, desc="embedding")
     out = np.full((len(items), net.backbone.embedding_dim), np.nan, dtype=np.float32)
     position = {items[i].key: i for i in indices}
     out[[position[k] for k in result.keys]] = result.embeddings
