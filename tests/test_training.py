@@ -19,7 +19,7 @@ from model.data import read_manifest
 from model.losses import ranking_loss
 from model.network import MultiHeadNet
 from model.schema import LabelSchema
-from model.training import TrainConfig, stratified_split, train, trainable_stages_for
+from model.training import EarlyStopping, TrainConfig, stratified_split, train, trainable_stages_for
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,29 @@ def test_detached_features_stop_the_ranking_loss_at_the_backbone(schema: LabelSc
         grad = net.backbone.net.conv_stem.weight.grad
         assert (grad is not None and grad.abs().sum() > 0) == reaches_backbone
         assert net.loss_module.out.weight.grad.abs().sum() > 0
+
+
+def _walk(stopper: EarlyStopping, scores: list[float]) -> int | None:
+    """Feed ``scores`` epoch by epoch; the epoch at which the stopper says stop, None if it never does."""
+    for epoch, score in enumerate(scores):
+        if stopper.update(epoch, score)[1]:
+            return epoch
+    return None
+
+
+def test_early_stopping_ignores_a_peak_before_the_features_detach() -> None:
+    stopper = EarlyStopping(first=3, patience=2)
+    # a warm-up peak (0.95 at epoch 1) would win and stop training at epoch 3 if every epoch counted
+    assert _walk(stopper, [0.6, 0.95, 0.8, 0.8, 0.85, 0.84, 0.83, 0.99]) == 6
+    assert stopper.best_epoch == 4 and stopper.best_score == 0.85
+
+
+def test_early_stopping_never_stops_before_first_and_prefers_the_later_tie() -> None:
+    stopper = EarlyStopping(first=4, patience=1)
+    assert _walk(stopper, [0.9, 0.1, 0.1, 0.1, 0.5, 0.5, 0.7]) is None
+    assert stopper.best_epoch == 6
+    tie = EarlyStopping(first=0, patience=3)
+    assert _walk(tie, [0.5, 0.7, 0.7]) is None and tie.best_epoch == 2
 
 
 def test_stratified_split_keeps_rare_class_in_both_parts() -> None:
@@ -150,6 +173,7 @@ def test_train_writes_a_complete_checkpoint(tmp_path: Path, schema: LabelSchema,
     config = TrainConfig(min_steps=1, image_size=32, epochs=2, batch_size=16, workers=0)
     result = train(data, config, progress=False, version="v-test")
     assert len(result.history) == 2 and len(result.train_keys) == 32 and len(result.val_keys) == 8
+    assert result.model.metrics["best_epoch"] == 2  # features detach at epoch 2 of 2: only it may be chosen
     assert not set(result.train_keys) & set(result.val_keys)
     assert _changed(result.model.net, initial_loss_module)  # lambda = 1: the module learned
     result.model.save(tmp_path / "model")
