@@ -125,22 +125,22 @@ def repeated_audit_check(trace: RunTrace, draws: int, target: float, delta: floa
     rng = np.random.default_rng(seed)
     loss = trace.pool_loss
     fixed = np.union1d(trace.train_ids, trace.holdout_ids)
+    readable = np.flatnonzero(np.isfinite(loss))
     precisions, precisions_truth, shares, misses, empty = [], [], [], 0, 0
     for _ in range(draws):
         taken = fixed
         audit: list[np.ndarray] = []
         for candidates, size in trace.audit_draws:
-            pool = np.flatnonzero(np.isfinite(loss)) if uniform else candidates
-            pick = draw_audit_sample(np.setdiff1d(pool, taken), size, rng)
+            pick = draw_audit_sample(np.setdiff1d(readable if uniform else candidates, taken), size, rng)
             audit.append(pick)
             taken = np.union1d(taken, pick)
         calib = np.concatenate([trace.holdout_ids, *audit]).astype(np.int64)
         calib = calib[np.isfinite(loss[calib])]
         cert = certify_threshold(loss[calib], trace.correct_calibration[calib], target=target, delta=delta)
-        remaining = np.setdiff1d(np.flatnonzero(np.isfinite(loss)), taken)
         if cert.threshold is None:
             empty += 1
             continue
+        remaining = np.setdiff1d(readable, taken)
         band = remaining[loss[remaining] <= cert.threshold]
         shares.append(len(band) / max(len(remaining), 1))
         if len(band):
