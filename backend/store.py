@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -25,9 +26,19 @@ from model.checkpoint import TrainedModel, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
+#: A project id is ASCII digits, at most this many: ``str.isdigit`` also accepts "²" and "٣٣", and an
+#: unbounded id becomes a path name the OS refuses.
+MAX_PROJECT_ID_DIGITS = 12
+_PROJECT_ID_RE = re.compile(rf"[0-9]{{1,{MAX_PROJECT_ID_DIGITS}}}")
+
 CURRENT = "CURRENT"
 STATE = "state.json"
 TRAINED_ON = "trained_on.json"
+
+
+def is_project_id(text: str) -> bool:
+    """Whether ``text`` is a valid project id: 1 to MAX_PROJECT_ID_DIGITS ASCII digits."""
+    return isinstance(text, str) and _PROJECT_ID_RE.fullmatch(text) is not None
 
 
 class ModelStore:
@@ -38,8 +49,8 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def project_dir(self, project: str) -> Path:
-        if not str(project).isdigit():
-            raise ValueError(f"project id must be a number, got {project!r}")
+        if not is_project_id(str(project)):
+            raise ValueError(f"project id must be 1 to {MAX_PROJECT_ID_DIGITS} ASCII digits, got {str(project)[:40]!r}")
         d = self.root / str(project)
         d.mkdir(parents=True, exist_ok=True)
         return d
