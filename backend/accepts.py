@@ -29,7 +29,9 @@ def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[di
     Label Studio reports it as one ANNOTATIONS_CREATED webhook, the only event it sends in bulk. Tasks
     already known as machine-labeled (the worker's own AUTO_ACCEPT) are not recorded again. The record
     names the project's current version and that version's certificate, since the candidates view lists
-    the current version's certified band.
+    the current version's certified band. It names the annotations the webhook reports, when every one of
+    them carries its id, so that undo deletes exactly those (the version is a guess: a person may convert
+    another version's predictions).
     """
     task_ids = sorted({_task_id(a) for a in annotations if a.get("parent_prediction") is not None})
     new = store.mark_machine_labeled(pid, task_ids)
@@ -38,7 +40,8 @@ def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[di
     version = store.current_version(pid) or "unknown"
     certificate = read_calibration(store.version_dir(pid, version)).get("certificate") or {}
     started = min((a.get("created_at") or "" for a in annotations), default="") or None
-    record = write_accept_record(store, pid, version, new, certificate, source="Label Studio", created_at=started)
+    record = write_accept_record(store, pid, version, new, certificate, source="Label Studio", created_at=started,
+                                 annotation_ids=_annotation_ids(annotations, set(new)))
     logger.info("project %s: recorded a bulk accept of %d predictions made in Label Studio (record %s)", pid, len(new), record["id"])
     return record
 
@@ -66,20 +69,35 @@ def release_edited_machine_label(store: ModelStore, pid: str, annotation: dict[s
     return bool(store.mark_machine_labeled(pid, [task], labeled=False))
 
 
+def _annotation_ids(annotations: list[dict[str, Any]], task_ids: set[int]) -> list[int] | None:
+    """The ids of the converted annotations on ``task_ids``; None unless each has an integer id."""
+    ours = [a for a in annotations if a.get("parent_prediction") is not None and _task_id(a) in task_ids]
+    if not all(isinstance(a.get("id"), int) and not isinstance(a["id"], bool) for a in ours):
+        return None
+    return sorted(a["id"] for a in ours)
+
+
 def _task_id(annotation: dict[str, Any]) -> int:
     task = annotation.get("task")
     return int(task["id"] if isinstance(task, dict) else task)
 
 
 def write_accept_record(store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: dict[str, Any],
-                        source: str, created_at: str | None = None) -> dict[str, Any]:
-    """The record ``weather-al undo-accept`` reads: model version, threshold, certified bound, task ids."""
+                        source: str, created_at: str | None = None,
+                        annotation_ids: list[int] | None = None) -> dict[str, Any]:
+    """The record ``weather-al undo-accept`` reads: model version, threshold, certified bound, task ids.
+
+    ``annotation_ids`` names the annotations the accept created, when known; undo deletes exactly those.
+    Without them (None) undo takes the annotations on the tasks made from a prediction of ``version``.
+    ``created_at`` is for people reading the record; undo does not compare clocks.
+    """
     now = datetime.now(timezone.utc)
     record = {
         "id": now.strftime("%Y%m%dT%H%M%S%f"), "created_at": created_at or now.isoformat(), "source": source,
         "version": version, "threshold": certificate.get("threshold"),
         "certified_lower_bound": certificate.get("lower_bound"), "target": certificate.get("target"),
-        "delta": certificate.get("delta"), "task_ids": sorted(task_ids), "undone": False,
+        "delta": certificate.get("delta"), "task_ids": sorted(task_ids), "annotation_ids": annotation_ids,
+        "undone": False,
     }
     write_json_atomic(store.record_dir(pid, ACCEPTS) / f"{record['id']}.json", record)
     return record
