@@ -52,8 +52,8 @@ def project_id(value: Any) -> str:
 
 def create_app(settings: Settings, broker: Broker | None = None, store: ModelStore | None = None) -> Flask:
     app = Flask("weather-al")
-    store = store or ModelStore(settings.model_dir)
     broker = broker or (Broker(settings.redis_url) if settings.redis_url else None)
+    store = store or ModelStore(settings.model_dir, broker.conn if broker else None)
     predictor = Predictor(settings, store)
     registry = CollectorRegistry()
     requests_total = Counter("weather_al_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)

@@ -113,7 +113,7 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
     from .store import ModelStore
 
     s = get_settings()
-    store = ModelStore(s.model_dir)
+    store = ModelStore(s.model_dir, s.redis_url)
     if not args.record:
         for r in list_accepts(store, str(args.project)):
             print(f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}")

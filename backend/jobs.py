@@ -69,7 +69,7 @@ def train_project(project_id: int) -> dict[str, Any]:
     stop = threading.Event()
     beat = threading.Thread(target=_keep_lock, args=(lock, stop, settings.lock_ttl), daemon=True)
     beat.start()
-    store = ModelStore(settings.model_dir)
+    store = ModelStore(settings.model_dir, broker.conn)
     try:
         summary = run_cycle(pid, settings, store, broker)
         _count_run(store, pid, summary.get("result", "done"))
