@@ -185,6 +185,7 @@ class LabelStudioProject:
             retry(send, f"import {len(chunk)} predictions")
 
     def _not_imported(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``predictions`` whose task holds none of their model version yet (one try at listing)."""
         held = {(int(t["id"]), p.get("model_version")) for t in self._list_tasks()
                 for p in t.get("predictions") or [] if isinstance(p, dict)}
         return [p for p in predictions if (int(p["task"]), p["model_version"]) not in held]
@@ -224,14 +225,17 @@ class LabelStudioProject:
         ids = list(task_ids)
         if not ids:
             return
+
         def convert(todo: list[int]) -> None:
             self.client.actions.create(
                 id="predictions_to_annotations", project=self.id, selected_items={"all": False, "included": todo},
                 request_options=RequestOptions(additional_body_parameters={"model_version": version}),
             )
+
         def unconverted(todo: list[int]) -> list[int]:
             done = {int(t["id"]) for t in self._list_tasks() if from_version(t, version)}
             return [t for t in todo if t not in done]
+
         retry(resumable(convert, ids, unconverted), f"convert {len(ids)} predictions to annotations")
 
     def delete_annotations(self, annotation_ids: Iterable[int]) -> list[int]:

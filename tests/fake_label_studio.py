@@ -39,7 +39,8 @@ class FakeLabelStudio:
         self.clock_skew = clock_skew
         self.tasks: dict[int, dict[str, Any]] = {}
         self.views: dict[int, dict[str, Any]] = {}
-        self.project: dict[str, Any] = {"id": project_id, "title": "fake", "label_config": "<View/>", "model_version": ""}
+        self.project: dict[str, Any] = {"id": project_id, "title": "fake", "label_config": "<View/>",
+                                        "model_version": ""}
         self.faults: dict[str, deque[Fault]] = defaultdict(deque)
         self.requests: list[tuple[str, str]] = []
         self.convert_budget: int | None = None  # convert at most this many more tasks; past it, answer 500
@@ -57,11 +58,13 @@ class FakeLabelStudio:
 
     def add_prediction(self, task_id: int, version: str) -> dict[str, Any]:
         pred = {"id": next(self._ids), "task": task_id, "model_version": version, "score": 0.9,
-                "result": [{"from_name": "weather", "to_name": "image", "type": "choices", "value": {"choices": ["clear"]}}]}
+                "result": [{"from_name": "weather", "to_name": "image", "type": "choices",
+                            "value": {"choices": ["clear"]}}]}
         self.tasks[task_id]["predictions"].append(pred)
         return pred
 
-    def add_annotation(self, task_id: int, parent_prediction: int | None = None, updated_by: int | None = None) -> dict[str, Any]:
+    def add_annotation(self, task_id: int, parent_prediction: int | None = None,
+                       updated_by: int | None = None) -> dict[str, Any]:
         created = (datetime.now(timezone.utc) + self.clock_skew).isoformat().replace("+00:00", "Z")
         ann = {"id": next(self._ids), "task": task_id, "parent_prediction": parent_prediction, "updated_by": updated_by,
                "completed_by": 1, "created_at": created, "result": []}
@@ -105,7 +108,8 @@ class FakeLabelStudio:
     def _page(self, page: int, size: int) -> dict[str, Any]:
         tasks = sorted(self.tasks.values(), key=lambda t: t["id"])
         chunk = tasks[(page - 1) * size:page * size]
-        return {"tasks": json.loads(json.dumps(chunk)), "total": len(tasks), "total_annotations": 0, "total_predictions": 0}
+        return {"tasks": json.loads(json.dumps(chunk)), "total": len(tasks), "total_annotations": 0,
+                "total_predictions": 0}
 
     def _import(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         for item in items:

@@ -126,7 +126,7 @@ def test_undo_unmarks_only_what_it_deleted(fake: FakeLabelStudio, ls: LabelStudi
     fake.faults["delete"].extend([500] * ATTEMPTS)  # the first delete (task 2's) keeps failing
     with pytest.raises(LabelStudioError, match="1 of 2 annotations could not be deleted"):
         undo_accept(ls, store, PID, outcome["record"])
-    assert fake.annotation_ids(1) == [edited["id"]] and fake.annotation_ids(2) == [stuck] and fake.annotation_ids(3) == []
+    assert [fake.annotation_ids(tid) for tid in (1, 2, 3)] == [[edited["id"]], [stuck], []]
     assert machine(store) == [1, 2]  # 3 deleted; 1 kept as the person's (its webhook releases it); 2 still there
     record = list_accepts(store, PID)[0]
     assert record["undone"] is False and record["kept_edited_task_ids"] == [1]

@@ -76,7 +76,8 @@ def test_an_import_is_never_committed_twice(fake: FakeLabelStudio, ls: LabelStud
     fake.add_prediction(1, "v0")  # an older version's prediction does not count as imported
     fake.faults["import"].append(fault)
     ls.import_predictions([{"task": tid, "model_version": "v1", "score": 0.5, "result": []} for tid in (1, 2, 3)])
-    assert {tid: sum(p["model_version"] == "v1" for p in fake.tasks[tid]["predictions"]) for tid in (1, 2, 3)} == {1: 1, 2: 1, 3: 1}
+    held = {tid: sum(p["model_version"] == "v1" for p in fake.tasks[tid]["predictions"]) for tid in (1, 2, 3)}
+    assert held == {1: 1, 2: 1, 3: 1}
     committed_first = str(fault).startswith("commit")
     assert fake.count("POST", "import") == (1 if committed_first else 2)
 
@@ -96,7 +97,8 @@ def test_an_import_needs_model_versions(ls: LabelStudioProject) -> None:
 
 
 @pytest.mark.parametrize("fault", ["commit-drop", "commit-500"])
-def test_a_conversion_that_committed_is_not_repeated(fake: FakeLabelStudio, ls: LabelStudioProject, fault: object) -> None:
+def test_a_conversion_that_committed_is_not_repeated(fake: FakeLabelStudio, ls: LabelStudioProject,
+                                                     fault: object) -> None:
     for tid in (1, 2):
         fake.add_task(tid)
         fake.add_prediction(tid, "v1")
