@@ -8,7 +8,6 @@ records a person's accept from a webhook, does not import the Label Studio SDK.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -16,11 +15,10 @@ from typing import Any
 from model.checkpoint import write_json_atomic
 
 from .predictions import read_calibration
-from .store import ModelStore
+from .store import ACCEPTS, ModelStore
 
 logger = logging.getLogger(__name__)
 
-ACCEPTS = "accepts"
 
 
 def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -104,4 +102,4 @@ def write_accept_record(store: ModelStore, pid: str, version: str, task_ids: lis
 
 
 def list_accepts(store: ModelStore, pid: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(store.record_dir(pid, ACCEPTS).glob("*.json"))]
+    return store.accept_records(pid)

@@ -44,6 +44,8 @@ _PROJECT_ID_RE = re.compile(rf"[0-9]{{1,{MAX_PROJECT_ID_DIGITS}}}")
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 CURRENT = "CURRENT"
+#: The folder of a project's bulk-accept records (written by ``accepts``, read here to rebuild the state)
+ACCEPTS = "accepts"
 STATE = "state.json"
 TRAINED_ON = "trained_on.json"
 
@@ -242,11 +244,7 @@ class ModelStore:
         all those the first promoted version used, as only seed tasks existed before a model did. Labeled
         audit tasks: the current version's calibration tasks that are not seed tasks.
         """
-        from .accepts import ACCEPTS  # accepts imports this module
-
-        records = [_read_object(p, f"bulk accept {p.stem} of project {project} can no longer be undone by record id",
-                                _record_problem) for p in sorted(self.record_dir(project, ACCEPTS).glob("*.json"))]
-        machine = {t for r in records if r is not None and not r.get("undone") for t in r["task_ids"]}
+        machine = {t for r in self.accept_records(project) if not r.get("undone") for t in r["task_ids"]}
         promoted = [name for name, meta in self._complete_versions(project) if meta.get("promoted")]
         seed = set(self._trained_on_or_empty(project, promoted[0]).get("all", [])) if promoted else set()
         current = self.current_version(project)
@@ -349,6 +347,12 @@ class ModelStore:
 
         self.modify_state(project, change)
         return changed
+
+    def accept_records(self, project: str) -> list[dict[str, Any]]:
+        """The project's bulk-accept records, oldest first; a corrupt one is moved aside (and logged), not returned."""
+        records = [_read_object(p, f"bulk accept {p.stem} of project {project} can no longer be undone by record id",
+                                _record_problem) for p in sorted(self.record_dir(project, ACCEPTS).glob("*.json"))]
+        return [r for r in records if r is not None]
 
     def record_dir(self, project: str, kind: str) -> Path:
         d = self.project_dir(project) / kind

@@ -208,3 +208,15 @@ def test_an_unreachable_redis_changes_nothing_and_says_so(tmp_path):
         store.mark_machine_labeled("3", [1])
     assert "hunter2" not in str(info.value)
     assert not (tmp_path / "3" / "state.json").exists()
+
+
+def test_a_corrupt_accept_record_is_moved_aside_and_the_others_still_listed(tmp_path, caplog):
+    """`weather-al undo-accept` lists the records: one unreadable record must not hide the others."""
+    from backend.accepts import list_accepts, write_accept_record
+
+    store = ModelStore(tmp_path)
+    good = write_accept_record(store, "3", "v1", [1, 2], {}, source="test")
+    (store.record_dir("3", "accepts") / "20200101T000000000000.json").write_text('{"task_ids": [1,')
+    with caplog.at_level(logging.ERROR):
+        assert [r["id"] for r in list_accepts(store, "3")] == [good["id"]]
+    assert list((store.record_dir("3", "accepts")).glob("*.corrupt-*")) and "moved aside" in caplog.text
