@@ -17,10 +17,13 @@ import csv
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,27 @@ def wait_for_backend(url: str, logs: Path, timeout: float = 120) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the backend did not answer on {url} within {timeout:.0f} s; see {logs}")
+
+
+#: Signals that stop the demo as Ctrl-C does: ``timeout``, systemd and ``docker stop`` send SIGTERM, a
+#: closed terminal SIGHUP. Their default action ends Python at once, without running ``finally``
+#: blocks, and would leave Label Studio, Redis, the backend and the worker running (each in a
+#: session of its own, out of reach of a signal to the demo's process group).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt, so clean-up runs as on Ctrl-C."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -231,13 +255,20 @@ def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]
 
 def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: int, epochs: int | None, seed: int = 0,
              label_studio: RunningLabelStudio | None = None) -> None:
-    from model.synth import generate
-
     workdir = workdir.resolve()
     print(f"weather-al demo: working in {workdir}")
     extra = {"MIN_LABELS": "10", "MANUAL_BATCH": str(k), "TRAIN_EVERY": str(10**6), "AUTO_ACCEPT": "true"}
     if epochs:
         extra["EPOCHS"] = str(epochs)
+    with stop_signals_interrupt():
+        _run_demo(workdir, extra, n, seed_size, cycles, wait, k, seed, label_studio)
+
+
+def _run_demo(workdir: Path, extra: dict[str, str], n: int, seed_size: int, cycles: int, wait: bool, k: int, seed: int,
+              label_studio: RunningLabelStudio | None) -> None:
+    from model.synth import generate
+
+    """The demo after its settings: Stack.start stops what it started if it is interrupted, the rest here."""
     stack = Stack.start(workdir, extra_env=extra, label_studio=label_studio)
     try:
         scenes = stack.document_root / "scenes"

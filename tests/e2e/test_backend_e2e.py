@@ -552,3 +552,56 @@ def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelS
     assert int(rows[0][2]) == 20 and int(rows[1][2]) > 20  # people labeled the seed set, then the queue
     assert 0.0 <= float(rows[1][5]) <= 1.0
     assert f"{label_studio.url}/projects/" in done.stdout  # where a person continues by hand
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_demo_stopped_by_a_signal_stops_everything_it_started(label_studio: LocalLabelStudio, tmp_path: Path,
+                                                              sig: signal.Signals) -> None:
+    """Issue 11 item 17: `timeout`, systemd and `docker stop` send SIGTERM, a closed terminal SIGHUP; the demo
+    must stop its Redis, backend and worker as on Ctrl-C. Before the fix, Python died at once and all three
+    (each in a session of its own) kept running."""
+    env = {**os.environ, "IMAGE_SIZE": "48", "OMP_NUM_THREADS": "1", "LABEL_STUDIO_API_KEY": label_studio.token}
+    env.pop("REDIS_URL", None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "demo", "--workdir", str(tmp_path / "demo"), "--n", "20", "--seed-size", "12",
+         "--label-studio-url", label_studio.url, "--document-root", str(label_studio.document_root)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        seen = []
+        for line in demo.stdout:  # the stack is up once the demo labels its seed set
+            seen.append(line)
+            if "seed set" in line:
+                break
+        children = _children(demo.pid)
+        assert len(children) >= 2, "".join(seen)  # the backend and the worker (and Redis, where it runs as a child)
+        demo.send_signal(sig)
+        demo.wait(timeout=90)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.5)
+        assert not [c for c in children if _alive(c)], f"left running after {sig.name}: {children}"
+        assert demo.returncode == 0  # as after Ctrl-C, the demo's normal way to end
+    finally:
+        if demo.poll() is None:
+            demo.kill()
