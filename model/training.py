@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -240,37 +240,10 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
     stopper = EarlyStopping(first=min(detach_epoch, epochs - 1), patience=patience)
     bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
-        t0 = time.perf_counter()
-        net.train()
         detach = epoch >= detach_epoch
-        sums = {"loss": 0.0, "cls": 0.0, "rank": 0.0, "n": 0}
-        for batch in loader:
-            skipped.update((train_set.examples[i].key, r) for i, r in batch["failures"])
-            if "image" not in batch:
-                continue
-            out = net(batch["image"].to(device, non_blocking=True), detach_features=detach)
-            y = batch["labels"].to(device, non_blocking=True)
-            cls_loss = per_sample_loss(out.logits, y, weights_t).mean()
-            target = per_sample_loss(out.logits, y).detach()
-            rank_loss = ranking_loss(out.predicted_loss, target, config.margin)
-            loss = cls_loss + config.loss_weight * rank_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            b = y.shape[0]
-            sums["loss"] += loss.item() * b
-            sums["cls"] += cls_loss.item() * b
-            sums["rank"] += rank_loss.item() * b
-            sums["n"] += b
-        n = max(sums["n"], 1)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "loss": sums["loss"] / n, "cls_loss": sums["cls"] / n, "rank_loss": sums["rank"] / n,
-            "features_detached": detach, "images_per_s": sums["n"] / (time.perf_counter() - t0),
-        }
+        record = {"epoch": epoch + 1, **train_one_epoch(net, loader, optimizer, scheduler, weights_t, config, detach, skipped)}
         if len(val_set.examples):
-            val_metrics = evaluate(run_inference(net, val_loader))
-            record["val_macro_f1"] = mean_macro_f1(val_metrics)
+            record["val_macro_f1"] = validate(net, val_loader)
             score = record["val_macro_f1"]
         else:
             score = -record["loss"]
@@ -310,6 +283,49 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
         model=model, history=history,
         train_keys=[e.key for e in train_set.examples], val_keys=[e.key for e in val_set.examples],
     )
+
+
+def train_one_epoch(net: MultiHeadNet, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, class_weights: dict[str, torch.Tensor],
+                    config: TrainConfig, detach: bool, skipped: dict[str, str]) -> dict[str, Any]:
+    """One pass over ``loader`` (as torchvision's reference script splits its loop); returns the epoch's record.
+
+    The loss is the paper's: weighted cross-entropy of the heads plus ``loss_weight`` times the pairwise
+    ranking loss of the loss module against the unweighted per-sample loss (Yoo & Kweon, CVPR 2019).
+    ``detach`` cuts the module's input features from the backbone. Unreadable images are added to ``skipped``.
+    """
+    device = next(net.parameters()).device
+    t0 = time.perf_counter()
+    net.train()
+    examples = cast(ImageDataset, loader.dataset).examples
+    sums = {"loss": 0.0, "cls": 0.0, "rank": 0.0, "n": 0}
+    for batch in loader:
+        skipped.update((examples[i].key, r) for i, r in batch["failures"])
+        if "image" not in batch:
+            continue
+        out = net(batch["image"].to(device, non_blocking=True), detach_features=detach)
+        y = batch["labels"].to(device, non_blocking=True)
+        cls_loss = per_sample_loss(out.logits, y, class_weights).mean()
+        target = per_sample_loss(out.logits, y).detach()
+        rank_loss = ranking_loss(out.predicted_loss, target, config.margin)
+        loss = cls_loss + config.loss_weight * rank_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        b = y.shape[0]
+        sums["loss"] += loss.item() * b
+        sums["cls"] += cls_loss.item() * b
+        sums["rank"] += rank_loss.item() * b
+        sums["n"] += b
+    n = max(sums["n"], 1)
+    return {"loss": sums["loss"] / n, "cls_loss": sums["cls"] / n, "rank_loss": sums["rank"] / n,
+            "features_detached": detach, "images_per_s": sums["n"] / (time.perf_counter() - t0)}
+
+
+def validate(net: MultiHeadNet, val_loader: DataLoader) -> float:
+    """Mean macro-F1 over the heads on the validation split: the score early stopping and the best epoch follow."""
+    return mean_macro_f1(evaluate(run_inference(net, val_loader)))
 
 
 def _optimizer(net: MultiHeadNet, config: TrainConfig) -> torch.optim.Optimizer:
