@@ -17,7 +17,6 @@ from typing import Protocol
 
 import numpy as np
 
-STRATEGY_NAMES = ("loss", "loss+diversity", "random", "entropy", "margin")
 
 
 @dataclass
@@ -37,11 +36,16 @@ class PoolView:
         self.predicted_loss = np.asarray(self.predicted_loss, dtype=np.float64)
         if self.predicted_loss.ndim != 1:
             raise ValueError(f"predicted_loss must be 1-D (N,), got shape {self.predicted_loss.shape}")
+        # a NaN sorts anywhere and an inf always first: either would pick the batch, so refuse them as certify does
+        if not np.all(np.isfinite(self.predicted_loss)):
+            raise ValueError("predicted_loss has NaN or infinite values; the model's scores are unusable (retrain it)")
         n = len(self)
         self.probs = {head: np.asarray(p, dtype=np.float64) for head, p in self.probs.items()}
         for head, p in self.probs.items():
             if p.ndim != 2 or p.shape[0] != n or p.shape[1] < 2:
                 raise ValueError(f"probs[{head!r}] must have shape (N={n}, C>=2), got {p.shape}")
+            if not np.all(np.isfinite(p)):
+                raise ValueError(f"probs[{head!r}] has NaN or infinite values; the model's scores are unusable (retrain it)")
         if self.embeddings is not None:
             self.embeddings = np.asarray(self.embeddings, dtype=np.float64)
             if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
@@ -181,6 +185,8 @@ _STRATEGIES: dict[str, type] = {
     "entropy": EntropyStrategy,
     "margin": MarginStrategy,
 }
+#: The names ``get_strategy`` accepts, in the registry's order (the one list of strategies)
+STRATEGY_NAMES: tuple[str, ...] = tuple(_STRATEGIES)
 
 
 def get_strategy(name: str, **kwargs) -> Strategy:

@@ -129,3 +129,22 @@ def test_pool_view_rejects_mismatched_shapes():
         PoolView(predicted_loss=np.zeros(3), probs={"h": np.ones((4, 2)) / 2})
     with pytest.raises(ValueError, match="embeddings"):
         PoolView(predicted_loss=np.zeros(3), embeddings=np.zeros((2, 5)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_pool_view_refuses_non_finite_scores(bad):
+    """A NaN sorts anywhere and an inf first: either would choose the batch, so the pool refuses them (as certify does)."""
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        PoolView(predicted_loss=np.array([0.1, bad, 0.3]))
+    probs = np.full((3, 3), 1 / 3)
+    probs[1, 0] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        PoolView(predicted_loss=np.zeros(3), probs={"weather": probs})
+
+
+def test_the_strategy_names_are_the_registry():
+    """One list: every name builds a strategy, and an unknown name names the choices."""
+    assert {type(get_strategy(n)).__name__ for n in STRATEGY_NAMES} == {
+        "LossStrategy", "LossDiversityStrategy", "RandomStrategy", "EntropyStrategy", "MarginStrategy"}
+    with pytest.raises(ValueError, match="margin"):
+        get_strategy("coreset")
