@@ -8,6 +8,7 @@ any number of machines that share the Redis and the ``MODEL_DIR``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 def serve(settings: Settings | None = None, with_worker: bool | None = None) -> None:
     settings = settings or get_settings()
+    settings._auth_pair()  # before anything starts; model_copy(update=...) skips validators
     redis_server = None
     if not settings.redis_url:
         from .queue import start_embedded_redis
@@ -55,7 +57,7 @@ def _run_gunicorn(settings: Settings) -> None:
     class _App(BaseApplication):
         def load_config(self) -> None:
             options: dict[str, Any] = {
-                "bind": f"0.0.0.0:{settings.port}", "workers": settings.workers, "threads": settings.threads,
+                "bind": bind_address(settings), "workers": settings.workers, "threads": settings.threads,
                 "worker_class": "gthread", "timeout": 180, "graceful_timeout": 30, "loglevel": settings.log_level.lower(),
                 "accesslog": "-" if settings.log_level.upper() == "DEBUG" else None,
             }
@@ -73,8 +75,39 @@ def _run_gunicorn(settings: Settings) -> None:
             torch.set_num_threads(1)
             return create_app(settings)
 
-    logger.info("weather-al backend listening on port %d (MODEL_DIR=%s)", settings.port, settings.model_dir)
+    logger.info("weather-al backend listening on %s (MODEL_DIR=%s)", bind_address(settings), settings.model_dir)
+    warn_if_open(settings)
     _App().run()
+
+
+def bind_address(settings: Settings) -> str:
+    """gunicorn's ``bind`` for HOST and PORT (an IPv6 address goes in brackets)."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{host}:{settings.port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` keeps the server to this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def warn_if_open(settings: Settings) -> bool:
+    """Say so at start-up when anyone on the network may call the backend; returns whether it warned.
+
+    Label Studio's convention is HOST=0.0.0.0 and no auth, but then anyone who reaches the port can post
+    webhooks, make the backend download URLs through /predict, and read /versions and /metrics.
+    """
+    if settings.basic_auth_enabled or is_loopback(settings.host):
+        return False
+    logger.warning("serving WITHOUT authentication on %s: anyone who can reach this port can call the backend. Set "
+                   "BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's Connect Model dialog, "
+                   "Authentication: basic), or HOST=127.0.0.1 to keep it to this machine", bind_address(settings))
+    return True
 
 
 def work(settings: Settings | None = None, burst: bool = False) -> None:
@@ -91,7 +124,7 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
 
     broker = Broker(settings.redis_url)
     if not broker.ping():
-        raise ValueError(f"cannot reach Redis at REDIS_URL; start it or fix the URL")
+        raise ValueError("cannot reach Redis at REDIS_URL; start it or fix the URL")
     # RQ's scheduler (it runs the delayed retries of failed runs) belongs to whichever worker holds a lock that
     # expires 61 s after its holder dies; the others try to take it over only during maintenance, by default
     # every 10 minutes and no sooner than an idle dequeue times out (worker_ttl - 15 s). A worker killed with

@@ -7,17 +7,27 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import redis
-from rq import Worker
+from gunicorn.app.base import BaseApplication
+from pydantic import ValidationError
+from rq import SimpleWorker, Worker
+from rq.serializers import JSONSerializer
 
+from backend import server
 from backend.app import create_app
+from backend.cli import main
 from backend.queue import KEY, Broker
 from backend.server import quiet_maintenance
-from backend.settings import Settings
+from backend.settings import Settings, get_settings
 from backend.store import ModelStore
 from tiny_data import write_tiny_set
 from model.data import read_manifest
@@ -55,6 +65,67 @@ def make_client(tmp_path: Path, broker: Broker | None, **overrides):
     settings = Settings(model_dir=overrides.pop("model_dir", tmp_path / "models"), redis_url=broker.url if broker else None,
                         label_studio_api_key=None, **overrides)
     return create_app(settings, broker=broker).test_client()
+
+
+class FakeLabelStudio(ThreadingHTTPServer):
+    """Label Studio's annotation listing, ``GET /api/tasks/<id>/annotations/``, as the worker's webhook checks read it.
+
+    ``annotations`` maps a task id to what Label Studio holds on it; any other task is a 404, as in Label Studio.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeLabelStudioHandler)
+        self.annotations: dict[int, list[dict]] = {}
+        self.asked: list[tuple[int, str]] = []  # (task id, Authorization header)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FakeLabelStudioHandler(BaseHTTPRequestHandler):
+    server: FakeLabelStudio
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        match = re.fullmatch(r"/api/tasks/(\d+)/annotations/(\?.*)?", self.path)
+        task = int(match.group(1)) if match else None
+        self.server.asked.append((task, self.headers.get("Authorization", "")))
+        found = task in self.server.annotations
+        body = json.dumps(self.server.annotations[task] if found else {"detail": "Not found."}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def label_studio(tmp_path, monkeypatch) -> FakeLabelStudio:
+    """A fake Label Studio that the worker's checks reach through the real SDK, with the worker's settings."""
+    fake = FakeLabelStudio()
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    monkeypatch.setenv("LABEL_STUDIO_URL", fake.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "worker-token")
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("REDIS_URL", REDIS_URL)
+    get_settings.cache_clear()
+    yield fake
+    get_settings.cache_clear()
+    fake.shutdown()
+    fake.server_close()
+
+
+def run_queued_checks(broker: Broker) -> None:
+    """Run every queued job in this process, as a worker would (the webhook checks here)."""
+    SimpleWorker([broker.queue], connection=broker.conn, serializer=JSONSerializer).work(burst=True)
+
+
+def converted(aid: int, task: int, project: int = 7, updated_by: int | None = None,
+              created_at: str = "2026-11-28T10:00:00Z") -> dict:
+    """An annotation as Label Studio lists it after "Create Annotations From Predictions" (``updated_by``: a person
+    saved it since)."""
+    return {"id": aid, "task": task, "project": project, "parent_prediction": 500 + task, "updated_by": updated_by,
+            "created_at": created_at, "result": [], "was_cancelled": False}
 
 
 def test_health_setup_and_versions(tmp_path, broker):
@@ -190,19 +261,26 @@ def test_queue_unreachable_raises_clear_error():
     assert isinstance(b.conn, redis.Redis)
 
 
-def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path, broker, trained_store):
+def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path, broker, trained_store, label_studio):
     models, _, version = trained_store
     store_dir = tmp_path / "models"
     shutil.copytree(models, store_dir)
     (store_dir / "7" / version / "calibration.json").write_text('{"certificate": {"threshold": 0.2, "lower_bound": 0.96, "target": 0.95, "delta": 0.05}}')
+    for t in (1, 2, 3):
+        label_studio.annotations[t] = [converted(100 + t, t, created_at="2026-11-28T10:00:0%dZ" % t)]
     c = make_client(tmp_path, broker, model_dir=store_dir)
     annotations = [{"id": 100 + t, "task": t, "parent_prediction": 500 + t, "created_at": "2026-11-28T10:00:0%dZ" % t} for t in (3, 1, 2)]
     body = {"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": annotations, "task": [{"id": t} for t in (1, 2, 3)]}
 
     r = c.post("/webhook", json=body)
-    assert r.status_code == 200 and r.get_json()["status"] == "recorded" and r.get_json()["machine_labeled"] == 3
-    assert len(broker.queue) == 0  # machine labels never train, so they do not count towards a retrain
+    assert r.status_code == 202 and r.get_json()["status"] == "checking" and r.get_json()["tasks"] == 3
     store = ModelStore(store_dir)
+    assert store.state("7").get("machine_task_ids", []) == []  # nothing is recorded before Label Studio confirms it
+    assert [job.func_name for job in broker.queue.jobs] == ["backend.webhook_checks.check_bulk_accept"]
+    run_queued_checks(broker)
+    assert sorted(task for task, _ in label_studio.asked) == [1, 2, 3]
+    assert {auth for _, auth in label_studio.asked} == {"Token worker-token"}
+    assert len(broker.queue) == 0  # machine labels never train, so they do not count towards a retrain
     assert store.state("7")["machine_task_ids"] == [1, 2, 3]
     (record,) = [p for p in (store_dir / "7" / "accepts").glob("*.json")]
     saved = json.loads(record.read_text())
@@ -212,8 +290,44 @@ def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path
 
     again = c.post("/webhook", json=body).get_json()  # e.g. the worker's own AUTO_ACCEPT, already recorded
     assert again["status"] == "known" and len(list((store_dir / "7" / "accepts").glob("*.json"))) == 1
+    assert len(broker.queue) == 0  # and nothing to check
     bad = c.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": [{"id": 1}]})
     assert bad.status_code == 400 and "task" in bad.get_json()["error"]
+
+
+def test_a_forged_bulk_accept_marks_only_what_label_studio_confirms(tmp_path, broker, label_studio):
+    """Anyone who reaches /webhook can claim a bulk accept; a person's label it names must keep training."""
+    label_studio.annotations.update({
+        1: [converted(101, 1, updated_by=5)],   # a person submitted the pre-label in the editor: theirs, it trains
+        2: [],                                   # not labeled at all
+        3: [converted(103, 3, project=8)],      # converted, but in another project
+        4: [converted(104, 4)],                  # really converted and untouched
+    })
+    c = make_client(tmp_path, broker)
+    claim = [{"id": 900 + t, "task": t, "parent_prediction": 1} for t in (1, 2, 3, 4, 5)]  # task 5 does not exist
+    r = c.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": claim})
+    assert r.status_code == 202
+    run_queued_checks(broker)
+    store = ModelStore(tmp_path / "models")
+    assert store.state("7")["machine_task_ids"] == [4]
+    (record,) = list((tmp_path / "models" / "7" / "accepts").glob("*.json"))
+    assert json.loads(record.read_text())["task_ids"] == [4]
+    assert broker.queue.failed_job_registry.count == 0  # a 404 for task 5 is an answer, not a failure
+
+    nothing = [{"id": 901, "task": 2, "parent_prediction": 1}]
+    r = c.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": nothing})
+    assert r.status_code == 202
+    run_queued_checks(broker)
+    assert store.state("7")["machine_task_ids"] == [4]
+    assert len(list((tmp_path / "models" / "7" / "accepts").glob("*.json"))) == 1
+
+
+def test_the_web_process_does_not_load_the_label_studio_sdk():
+    """The webhook checks run in the worker: the SDK costs the web process 1.8 s and 86 MB at start-up."""
+    code = "import sys, backend.app; print([m for m in sys.modules if m.startswith(('label_studio_sdk', 'backend.'))])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert "label_studio_sdk" not in out and "backend.webhook_checks" not in out and "backend.app" in out
 
 
 def test_annotation_deletion_counts_towards_a_retrain(tmp_path, broker):
@@ -241,14 +355,68 @@ def test_rq_maintenance_lines_stay_out_of_an_info_log(caplog: pytest.LogCaptureF
         log.removeFilter(quiet_maintenance)
 
 
-def test_a_person_saving_a_machine_label_makes_it_theirs(tmp_path, broker):
+def test_a_person_saving_a_machine_label_makes_it_theirs(tmp_path, broker, label_studio):
     store = ModelStore(tmp_path / "models")
     store.mark_machine_labeled("7", [1, 2, 3])
+    label_studio.annotations.update({2: [converted(102, 2, updated_by=1)], 3: [converted(103, 3)]})
     c = make_client(tmp_path, broker)
     body = {"action": "ANNOTATION_UPDATED", "project": {"id": 7}, "annotation": {"id": 102, "task": 2, "updated_by": 1}}
     r = c.post("/webhook", json=body)
     assert r.status_code == 200 and r.get_json()["status"] != "ignored"  # a person's label counts towards a retrain
+    assert store.state("7")["machine_task_ids"] == [1, 2, 3]  # not before Label Studio confirms it
+    run_queued_checks(broker)
     assert store.state("7")["machine_task_ids"] == [1, 3]
     assert 'weather_al_machine_labeled{project="7"} 2.0' in c.get("/metrics").get_data(as_text=True)
     person = dict(body, annotation={"id": 9, "task": 40, "updated_by": 1})  # an update of a person's own label changes nothing
     assert c.post("/webhook", json=person).status_code == 200 and store.state("7")["machine_task_ids"] == [1, 3]
+    assert len(broker.queue) == 0  # and costs no call to Label Studio
+
+    # a forged update of an untouched machine label (Label Studio shows no updated_by) releases nothing
+    forged = dict(body, annotation={"id": 103, "task": 3, "updated_by": 1})
+    assert c.post("/webhook", json=forged).status_code == 200
+    run_queued_checks(broker)
+    assert store.state("7")["machine_task_ids"] == [1, 3]
+    # nor does naming another task's annotation
+    label_studio.annotations[1] = [converted(101, 1)]
+    assert c.post("/webhook", json=dict(body, annotation={"id": 102, "task": 1, "updated_by": 1})).status_code == 200
+    run_queued_checks(broker)
+    assert store.state("7")["machine_task_ids"] == [1, 3]
+
+
+def test_half_a_basic_auth_pair_refuses_to_start(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValidationError, match="BASIC_AUTH_USER is set but BASIC_AUTH_PASS is not"):
+        Settings(basic_auth_user="x")
+    half = Settings(model_dir=tmp_path / "models").model_copy(update={"basic_auth_pass": "s3cret"})  # skips validators
+    with pytest.raises(ValueError, match="BASIC_AUTH_PASS is set but BASIC_AUTH_USER is not"):
+        create_app(half)
+    with pytest.raises(ValueError, match="BASIC_AUTH_PASS is set but BASIC_AUTH_USER is not"):
+        server.serve(half)
+    assert not (tmp_path / "models" / "redis.db").exists()  # refused before the embedded Redis started
+    monkeypatch.setenv("BASIC_AUTH_USER", "lead")
+    monkeypatch.delenv("BASIC_AUTH_PASS", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert main(["serve"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "BASIC_AUTH_USER is set but BASIC_AUTH_PASS is not" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host,auth,warns", [
+    ("0.0.0.0", False, True), ("::", False, True), ("192.168.1.20", False, True), ("backend.example", False, True),
+    ("0.0.0.0", True, False), ("127.0.0.1", False, False), ("127.0.0.2", False, False), ("::1", False, False),
+    ("localhost", False, False),
+])
+def test_serving_open_on_the_network_warns_how_to_fix_it(tmp_path, caplog, monkeypatch, host, auth, warns):
+    pair = {"basic_auth_user": "lead", "basic_auth_pass": "s3cret"} if auth else {}
+    settings = Settings(model_dir=tmp_path / "models", host=host, port=9123, **pair)
+    binds = []
+    monkeypatch.setattr(BaseApplication, "run", lambda self: binds.append(self.cfg.bind))
+    with caplog.at_level(logging.WARNING, logger="backend.server"):
+        server._run_gunicorn(settings)
+    assert binds == [[f"[{host}]:9123" if ":" in host else f"{host}:9123"]]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) == warns
+    if warns:
+        assert "BASIC_AUTH_USER" in warnings[0] and "BASIC_AUTH_PASS" in warnings[0] and "HOST=127.0.0.1" in warnings[0]
+    assert all("s3cret" not in r.getMessage() for r in caplog.records)
