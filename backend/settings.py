@@ -6,11 +6,17 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from model.settings import ImageLimits
 
 
-class Settings(BaseSettings):
-    """Every knob of the backend. Set them as environment variables (or in a ``.env`` file)."""
+class Settings(ImageLimits):
+    """Every knob of the backend. Set them as environment variables (or in a ``.env`` file).
+
+    The image limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS) come from ``model.settings.ImageLimits``, so the
+    download cap and the decoder's cap are one setting.
+    """
 
     # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
@@ -45,7 +51,6 @@ class Settings(BaseSettings):
     image_size: int | None = Field(None, ge=32)
     score_chunk: int = Field(256, ge=1, description="tasks per scoring chunk job")
     predict_batch: int = Field(32, ge=1)
-    max_image_bytes: int = 30 * 1024 * 1024
     fetch_timeout: float = Field(10.0, gt=0, description="seconds to connect, and between two reads, when downloading an image")
     fetch_deadline: float = Field(30.0, gt=0, description="wall-clock seconds for one image's whole download, headers and redirects included")
     image_cache_bytes: int = Field(2 * 1024**3, ge=0, description="downloaded images kept under MODEL_DIR/image-cache; least recently used out")

@@ -20,32 +20,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .settings import image_limits
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ALPHA_BACKGROUND", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageError", "load_image"]
 
 
-def _pixel_limit_from_env(default: int = 40_000_000) -> int:
-    """Read WEATHER_AL_MAX_IMAGE_PIXELS; a bad value is a configuration error, reported loudly."""
-    raw = os.environ.get("WEATHER_AL_MAX_IMAGE_PIXELS", "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(
-            f"WEATHER_AL_MAX_IMAGE_PIXELS={raw!r} is not a positive integer; "
-            f"set it to a pixel count such as {default} or unset it"
-        )
-    return value
-
-
-#: Decompression-bomb limit (width * height), checked on the header before any pixel is decoded.
-MAX_IMAGE_PIXELS: int = _pixel_limit_from_env()
-#: Files larger than this are refused before they are parsed.
-MAX_IMAGE_BYTES: int = 30 * 1024 * 1024
+#: Decompression-bomb limit (width * height), checked on the header before any pixel is decoded (MAX_IMAGE_PIXELS).
+MAX_IMAGE_PIXELS: int = image_limits().max_image_pixels
+#: Files larger than this are refused before they are parsed (MAX_IMAGE_BYTES).
+MAX_IMAGE_BYTES: int = image_limits().max_image_bytes
 #: Transparent pixels are composited on white: that is how a browser page (and so the annotator)
 #: shows a transparent PNG, and the label must describe what the annotator saw.
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)

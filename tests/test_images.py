@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -218,8 +219,25 @@ def test_directory_is_an_image_error(tmp_path: Path) -> None:
 
 
 def test_bad_env_limit_is_a_clear_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WEATHER_AL_MAX_IMAGE_PIXELS", "lots")
-    with pytest.raises(ValueError, match="WEATHER_AL_MAX_IMAGE_PIXELS"):
-        images._pixel_limit_from_env()
-    monkeypatch.setenv("WEATHER_AL_MAX_IMAGE_PIXELS", "1234")
-    assert images._pixel_limit_from_env() == 1234
+    from model.settings import ImageLimits
+
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        ImageLimits()
+    monkeypatch.setenv("MAX_IMAGE_PIXELS", "1234")
+    assert ImageLimits().max_image_pixels == 1234
+    monkeypatch.delenv("MAX_IMAGE_PIXELS")
+    monkeypatch.setenv("WEATHER_AL_MAX_IMAGE_PIXELS", "4321")  # the name of earlier releases still works
+    assert ImageLimits().max_image_pixels == 4321
+
+
+def test_the_backend_and_the_model_read_one_byte_limit() -> None:
+    """MAX_IMAGE_BYTES was defined three times and the decoder's was fixed: raising the setting made fetch
+    download files that load_image then refused. Now one variable sets both (a fresh process reads it)."""
+    import subprocess
+    import sys
+
+    code = "from model import images; from backend.settings import Settings; print(images.MAX_IMAGE_BYTES, Settings().max_image_bytes)"
+    env = {**os.environ, "MAX_IMAGE_BYTES": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["12345", "12345"]

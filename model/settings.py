@@ -1,0 +1,31 @@
+"""The model's own settings, read from the environment (or ``.env``) like the backend's, which inherit them.
+
+Only what the model needs to read untrusted images safely lives here; ``backend.settings.Settings``
+extends this class, so that one variable (for example ``MAX_IMAGE_BYTES``) sets the same limit for
+downloading an image and for decoding it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ImageLimits(BaseSettings):
+    """Limits on every image the model reads (see ``model.images.load_image``)."""
+
+    # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
+
+    max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb limit (width x height), checked "
+                                  "on the header before any pixel is decoded",
+                                  validation_alias=AliasChoices("max_image_pixels", "weather_al_max_image_pixels"))
+    max_image_bytes: int = Field(30 * 1024 * 1024, gt=0, description="files (and downloads) larger than this are refused")
+
+
+@lru_cache(maxsize=1)
+def image_limits() -> ImageLimits:
+    """The limits from the environment, read once per process."""
+    return ImageLimits()
