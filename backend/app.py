@@ -100,7 +100,7 @@ def credentials_match(auth: Authorization | None, user: str, password: str) -> b
 
 
 def create_app(settings: Settings, broker: Broker | None = None, store: ModelStore | None = None) -> Flask:
-    settings._auth_pair()  # a Settings changed with model_copy(update=...) skipped its validators: no half pair
+    settings.check_basic_auth()  # a Settings changed with model_copy(update=...) skipped its validators: no half pair
     app = Flask("weather-al")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     broker = broker or (Broker(settings.redis_url) if settings.redis_url else None)

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def serve(settings: Settings | None = None, with_worker: bool | None = None) -> None:
     settings = settings or get_settings()
-    settings._auth_pair()  # before anything starts; model_copy(update=...) skips validators
+    settings.check_basic_auth()  # before anything starts; model_copy(update=...) skips validators
     redis_server = None
     if not settings.redis_url:
         from .queue import start_embedded_redis

@@ -19,7 +19,8 @@ class Settings(ImageLimits):
     """
 
     # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True,
+                                      hide_input_in_errors=True)  # an error must not print BASIC_AUTH_PASS or a token
 
     # LABEL_STUDIO_HOST and LABEL_STUDIO_ACCESS_TOKEN are the names Label Studio's own example backends read
     label_studio_url: str = Field("http://localhost:8080", description="Label Studio's base URL, as the backend reaches it",
@@ -63,8 +64,11 @@ class Settings(ImageLimits):
         return v.rstrip("/")
 
     @model_validator(mode="after")
-    def _auth_pair(self) -> Settings:
-        """Half a basic-auth pair used to leave the server open without a word; refuse it instead."""
+    def check_basic_auth(self) -> Settings:
+        """Half a basic-auth pair used to leave the server open without a word; refuse it instead.
+
+        A validator, and public: ``model_copy(update=...)`` skips validators, so the web process calls it again.
+        """
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             given, missing = ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if self.basic_auth_user else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
             raise ValueError(f"{given} is set but {missing} is not: set both to require basic auth, or neither to serve without it")

@@ -400,6 +400,14 @@ def test_half_a_basic_auth_pair_refuses_to_start(tmp_path, monkeypatch, capsys):
     finally:
         get_settings.cache_clear()
     assert "BASIC_AUTH_USER is set but BASIC_AUTH_PASS is not" in capsys.readouterr().err
+    monkeypatch.setenv("BASIC_AUTH_PASS", "hunter2")
+    monkeypatch.delenv("BASIC_AUTH_USER")
+    get_settings.cache_clear()
+    try:
+        assert main(["serve"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert "hunter2" not in (err := capsys.readouterr().err) and "BASIC_AUTH_USER is not" in err  # never the password
 
 
 @pytest.mark.parametrize("host,auth,warns", [
