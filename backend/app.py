@@ -31,7 +31,7 @@ from model.schema import LabelSchema, SchemaError
 from .fetch import FetchError
 from .predictor import Predictor, SchemaMismatch
 from .queue import Broker, QueueUnavailable
-from .settings import Settings
+from .settings import Settings, project_settings
 from .store import MAX_PROJECT_ID_DIGITS, ModelStore, is_project_id
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,13 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         pid = project_id(data.get("project"))
         if "schema" in data:
             _schema(data["schema"])
+        try:
+            extra = project_settings(data.get("extra_params"))
+        except ValueError as exc:
+            raise BadRequest(f"{exc} (Settings > Model > Edit > Extra params)", 422) from None
+        if extra != (store.state(pid).get("extra_params") or {}):  # Label Studio calls /setup before every predict batch
+            store.update_state(pid, extra_params=extra)
+            logger.info("project %s: Extra params now %s", pid, extra or "none (the backend's settings)")
         return jsonify({"model_version": store.current_version(pid) or "untrained"})
 
     @app.post("/predict")
@@ -228,8 +235,8 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         try:
             if action in TRAIN_ACTIONS:
                 outcome = broker.request_training(pid, action)
-            elif broker.count_annotation(pid, settings.train_every):
-                outcome = broker.request_training(pid, f"{settings.train_every} annotation events")
+            elif broker.count_annotation(pid, every := settings.for_project(store.state(pid).get("extra_params")).train_every):
+                outcome = broker.request_training(pid, f"{every} annotation events")
             else:
                 outcome = "counted"
         except QueueUnavailable as exc:

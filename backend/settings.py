@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from model.settings import ImageLimits
+
+logger = logging.getLogger(__name__)
 
 
 class Settings(ImageLimits):
@@ -74,9 +79,59 @@ class Settings(ImageLimits):
             raise ValueError(f"{given} is set but {missing} is not: set both to require basic auth, or neither to serve without it")
         return self
 
+    def for_project(self, extra_params: Any) -> Settings:
+        """These settings with a project's own *Extra params* in place (as ``/setup`` stored them).
+
+        They were validated when stored; a stored value that no longer validates (a hand-edited state file,
+        a setting whose bounds changed) is logged and ignored, so the deployment's settings apply.
+        """
+        try:
+            overrides = project_settings(extra_params)
+        except ValueError as exc:
+            logger.error("ignoring a project's stored Extra params: %s", exc)
+            return self
+        return self.model_copy(update=overrides) if overrides else self
+
     @property
     def basic_auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+
+#: The settings a project may set for itself in Label Studio's connect dialog (*Extra params*): what a
+#: lead tunes per project. Connection, storage and process settings stay the deployment's.
+PROJECT_SETTINGS = ("train_every", "min_labels", "manual_batch", "audit_size", "target_precision", "delta",
+                    "auto_accept", "promote_tolerance", "epochs", "image_size")
+_ProjectSettings = create_model(  # the same types and bounds as Settings' fields; unknown keys are errors
+    "ProjectSettings", __config__=ConfigDict(extra="forbid", hide_input_in_errors=True),
+    **{name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in PROJECT_SETTINGS},
+)
+
+
+def project_settings(extra_params: Any) -> dict[str, Any]:
+    """The per-project settings in the connect dialog's *Extra params*, validated; raises ValueError saying why.
+
+    Label Studio sends them as an object (or as the JSON text typed into the dialog); keys are the settings'
+    environment names (``TRAIN_EVERY``) in any case. Only the keys given are returned.
+    """
+    if extra_params in (None, "", {}):
+        return {}
+    if isinstance(extra_params, str):
+        try:
+            extra_params = json.loads(extra_params)
+        except ValueError:
+            raise ValueError("Extra params must be a JSON object such as {\"TRAIN_EVERY\": 10}") from None
+    if not isinstance(extra_params, dict):
+        raise ValueError(f"Extra params must be a JSON object such as {{\"TRAIN_EVERY\": 10}}, got a {type(extra_params).__name__}")
+    given = {str(k).lower(): v for k, v in extra_params.items()}
+    unknown = sorted(k.upper() for k in given if k not in PROJECT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown Extra params {unknown}; a project may set {[k.upper() for k in PROJECT_SETTINGS]}")
+    try:
+        checked = _ProjectSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid Extra params: {problems}") from None
+    return checked.model_dump(include=set(given))
 
 
 @lru_cache(maxsize=1)

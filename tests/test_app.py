@@ -428,3 +428,24 @@ def test_serving_open_on_the_network_warns_how_to_fix_it(tmp_path, caplog, monke
     if warns:
         assert "BASIC_AUTH_USER" in warnings[0] and "BASIC_AUTH_PASS" in warnings[0] and "HOST=127.0.0.1" in warnings[0]
     assert all("s3cret" not in r.getMessage() for r in caplog.records)
+
+
+def test_setup_applies_the_connect_dialogs_extra_params(tmp_path, broker):
+    """Label Studio's connect dialog has an *Extra params* field; it was ignored. Now the per-project settings
+    given there apply to that project (here TRAIN_EVERY), and anything else is a clear 422."""
+    c = make_client(tmp_path, broker, train_every=20)
+    body = {"project": "5.1700000000", "schema": LABEL_CONFIG, "extra_params": {"TRAIN_EVERY": 2, "target_precision": 0.9}}
+    assert c.post("/setup", json=body).status_code == 200
+    store = ModelStore(tmp_path / "models")
+    assert store.state("5")["extra_params"] == {"train_every": 2, "target_precision": 0.9}
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 5}, "annotation": {"id": 1}}
+    assert [c.post("/webhook", json=event).get_json()["status"] for _ in range(2)] == ["counted", "queued"]
+    other = {"action": "ANNOTATION_CREATED", "project": {"id": 6}, "annotation": {"id": 1}}
+    assert {c.post("/webhook", json=other).get_json()["status"] for _ in range(2)} == {"counted"}  # 20 there
+    for bad, words in [({"TRAIN_EVRY": 3}, "unknown Extra params ['TRAIN_EVRY']"), ({"TRAIN_EVERY": 0}, "TRAIN_EVERY"),
+                       ("not json", "JSON object"), ({"LABEL_STUDIO_URL": "http://evil"}, "unknown Extra params")]:
+        r = c.post("/setup", json={**body, "extra_params": bad})
+        assert r.status_code == 422 and words in r.get_json()["error"], r.get_json()
+    assert store.state("5")["extra_params"] == {"train_every": 2, "target_precision": 0.9}  # a refused change changes nothing
+    assert c.post("/setup", json={**body, "extra_params": "{}"}).status_code == 200
+    assert store.state("5")["extra_params"] == {}
