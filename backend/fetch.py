@@ -36,26 +36,36 @@ import http.cookiejar
 import logging
 import os
 import re
+import socket
+import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from model.data import resolve_local_url
+from model.settings import image_limits
+
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 30 * 1024 * 1024
 #: Paths that Label Studio serves itself; a URL starting with one is joined to ``label_studio_url``.
 LABEL_STUDIO_PATHS = ("/data/", "/storage-data/")
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK_BYTES = 64 * 1024
+_CACHE_FILE_MODE = 0o640  # owner writes, group reads: the web process and the worker may be different users
 #: Printable ASCII without spaces: anything else cannot go into an HTTP header as is.
 _TOKEN_RE = re.compile(r"[!-~]+")
 _SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,8}")
@@ -80,18 +90,133 @@ def _shown(url: str) -> str:
 
 
 def _origin(url: str) -> Origin:
-    """(scheme, host, port) of an http(s) URL, with the default port filled in."""
-    parts = _split(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise FetchError(f"refusing {url!r}: only http and https URLs are fetched, not {scheme or 'a schemeless'} URLs")
+    """(scheme, host, port) that the HTTP client will connect to for ``url``, default port filled in.
+
+    Decided on requests' own preparation of the URL, parsed as urllib3 parses it to open the connection:
+    ``urlsplit`` reads ``http://evil:9999\\@ls:8080/`` as host ``ls`` while urllib3 ends the host at the
+    backslash and connects to ``evil``. A URL on which the two parsers disagree, or that carries user
+    info (``http://ls:8080@evil/``), is refused outright rather than guessed at.
+    """
+    prepared = requests.PreparedRequest()
     try:
-        port = parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError as exc:
-        raise FetchError(f"refusing {url!r}: invalid port ({exc})") from None
-    if not parts.hostname:
-        raise FetchError(f"refusing {url!r}: no host")
-    return scheme, parts.hostname.lower(), port
+        prepared.prepare_url(url, None)
+        parts = urllib3.util.parse_url(prepared.url)
+    except (requests.RequestException, ValueError) as exc:  # urllib3's LocationParseError is a ValueError
+        raise FetchError(f"refusing {_shown(url)}: not a valid URL ({type(exc).__name__})") from None
+    scheme = (parts.scheme or "").lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise FetchError(f"refusing {_shown(url)}: only http and https URLs are fetched, not {scheme or 'a schemeless'} URLs")
+    if not parts.host:
+        raise FetchError(f"refusing {_shown(url)}: no host")
+    origin = (scheme, parts.host.strip("[]").lower(), parts.port or _DEFAULT_PORTS[scheme])
+    if _naive_origin(url) != origin:
+        raise FetchError(f"refusing {_shown(url)}: URL parsers disagree on its host (a backslash or a similar trick); "
+                         "write the URL plainly")
+    if parts.auth is not None or "@" in _split(url).netloc:
+        raise FetchError(f"refusing {_shown(url)}: user info in an image URL (a name before '@') is not accepted")
+    return origin
+
+
+def _naive_origin(url: str) -> Origin | None:
+    """The origin as ``urllib.parse`` reads ``url`` (hosts IDNA-encoded as the client sends them); None if unreadable."""
+    parts = _split(url)
+    try:
+        host = (parts.hostname or "").encode("idna").decode("ascii").lower()
+        return parts.scheme.lower(), host, parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    except (ValueError, UnicodeError):
+        return None
+
+
+def _touch(path: Path) -> bool:
+    """Whether ``path`` is cached; a hit is marked as recently used (its modification time), for pruning."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:  # another user's file, read-only cache: still a hit
+        return path.is_file()
+    return path.is_file()
+
+
+class _ConnectionBox:
+    """The connection a fetch is using, set from the fetching thread, read by its deadline's timer thread."""
+
+    connection: HTTPConnection | None = None
+
+
+_current = threading.local()  # .box: the _ConnectionBox of the fetch running in this thread, if any
+
+
+class _Announced:
+    """A urllib3 connection that tells the running fetch about itself as it connects and sends."""
+
+    def connect(self) -> None:
+        _announce(self)
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _announce(self)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+def _announce(connection: object) -> None:
+    box = getattr(_current, "box", None)
+    if box is not None:
+        box.connection = connection
+
+
+class _HTTPConnection(_Announced, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Announced, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter over connections that a deadline can cut (see ``_deadline``)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[threading.Event]:
+    """One wall-clock limit for a whole download, response headers included.
+
+    requests' timeouts bound each socket read, so a server sending one header byte a second never trips
+    them. At the deadline a timer shuts down the socket of the connection the fetch is using; whatever
+    read was waiting then fails at once. The event it yields says whether that happened.
+    """
+    box, expired = _ConnectionBox(), threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        sock = getattr(box.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    _current.box = box
+    timer.start()
+    try:
+        yield expired
+    finally:
+        timer.cancel()
+        _current.box = None
 
 
 class ImageFetcher:
@@ -107,9 +232,10 @@ class ImageFetcher:
         token: str | None,
         cache_dir: Path,
         document_root: Path | None = None,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
         timeout: float = 10.0,
-        deadline: float = 60.0,
+        deadline: float = 30.0,
+        cache_bytes: int | None = None,
     ) -> None:
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
         try:
@@ -120,10 +246,18 @@ class ImageFetcher:
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.document_root = Path(document_root) if document_root else None
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes if max_bytes is not None else image_limits().max_image_bytes
         self.timeout = timeout
         self.deadline = deadline
+        self.cache_bytes = cache_bytes
         self._per_thread = threading.local()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, label_studio_url: str | None, token: str | None) -> ImageFetcher:
+        """The fetcher of the backend's processes: the settings' limits and the shared cache under MODEL_DIR."""
+        return cls(label_studio_url, token, settings.model_dir / "image-cache", settings.local_files_document_root,
+                   max_bytes=settings.max_image_bytes, timeout=settings.fetch_timeout, deadline=settings.fetch_deadline,
+                   cache_bytes=settings.image_cache_bytes)
 
     @property
     def _session(self) -> requests.Session:
@@ -132,6 +266,8 @@ class ImageFetcher:
         session = getattr(self._per_thread, "session", None)
         if session is None:
             session = self._per_thread.session = requests.Session()
+            for scheme in ("http://", "https://"):
+                session.mount(scheme, _DeadlineAdapter())
             session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         return session
 
@@ -172,41 +308,65 @@ class ImageFetcher:
         return self._local(url)
 
     def _local(self, url: str) -> Path:
-        """A file under the document root; ``..`` and symlinks that leave the root are refused."""
+        """A copy, in the cache, of a file under the document root; ``..`` and symlinks leaving the root are refused.
+
+        The file is opened once and checked through that open descriptor (its real path inside the root, a
+        regular file, under the byte cap), and its bytes are copied from the same descriptor: a symlink
+        swapped in after the check cannot redirect the read. The copy is keyed by the real path, size and
+        modification time, so an unchanged file is copied once and a changed one again.
+        """
         assert self.document_root is not None
         try:
             path = resolve_local_url(url, self.document_root)
         except (ValueError, OSError) as exc:
-            raise FetchError(f"refusing {url!r}: not a usable path ({exc})") from None
+            raise FetchError(f"refusing {_shown(url)}: not a usable path ({exc})") from None
         if path is None:
-            raise FetchError(f"refusing {url!r}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
-        if not path.is_file():
+            raise FetchError(f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
             raise FetchError(
-                f"{url!r}: no file {path} under LOCAL_FILES_DOCUMENT_ROOT ({self.document_root}); "
-                "check that it is the same folder Label Studio serves"
-            )
-        size = path.stat().st_size
-        if size > self.max_bytes:
-            raise FetchError(f"{url!r}: {path} is {size} bytes, over the {self.max_bytes}-byte limit")
-        return path
+                f"{_shown(url)}: no readable file {path} under LOCAL_FILES_DOCUMENT_ROOT ({self.document_root}) "
+                f"({exc.strerror}); check that it is the same folder Label Studio serves"
+            ) from None
+        with os.fdopen(fd, "rb") as fh:
+            real = Path(os.path.realpath(f"/proc/self/fd/{fd}"))
+            if not real.is_relative_to(self.document_root.resolve()):
+                raise FetchError(f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FetchError(f"refusing {_shown(url)}: {path} is not a regular file")
+            if st.st_size > self.max_bytes:
+                raise FetchError(f"{_shown(url)}: {path} is {st.st_size} bytes, over the {self.max_bytes}-byte limit")
+            target = self.cache_path(f"local:{real}:{st.st_size}:{st.st_mtime_ns}", suffix=real.suffix)
+            if not _touch(target):
+                self._write_cache(target, iter(lambda: fh.read(_CHUNK_BYTES), b""), url)
+        return target
 
-    def cache_path(self, url: str) -> Path:
+    def cache_path(self, url: str, suffix: str | None = None) -> Path:
         """Where the download of absolute ``url`` is cached: the URL's SHA-256 plus its file suffix."""
         digest = hashlib.sha256(url.encode("utf-8")).hexdigest()
-        suffix = Path(_split(url).path).suffix
+        suffix = Path(_split(url).path).suffix if suffix is None else suffix
         return self.cache_dir / (digest + (suffix if _SUFFIX_RE.fullmatch(suffix) else ""))
 
     def _download(self, url: str) -> Path:
         target = self.cache_path(url)
-        if target.is_file():
+        if _touch(target):
             logger.debug("cache hit for %s: %s", url, target)
             return target
         started = time.monotonic()
+        with _deadline(self.deadline) as expired:
+            try:
+                return self._follow(url, target, started)
+            except FetchError:
+                if expired.is_set():
+                    raise FetchError(f"{_shown(url)}: the download took over {self.deadline} s (FETCH_DEADLINE)") from None
+                raise
+
+    def _follow(self, url: str, target: Path, started: float) -> Path:
+        """Follow redirects by hand: the token goes to Label Studio's origin only, and never again once a hop left it."""
         current, credentials = url, True
         for _ in range(MAX_REDIRECTS + 1):
-            if time.monotonic() - started > self.deadline:
-                raise FetchError(f"{url!r}: the download took over {self.deadline} s")
-            # The token goes to Label Studio's origin only, and once a redirect leaves it, never again.
             credentials = _origin(current) == self._origin and credentials
             headers = {"Authorization": self._auth_header} if credentials and self._auth_header else {}
             try:
@@ -214,9 +374,9 @@ class ImageFetcher:
                     current, headers=headers, stream=True, allow_redirects=False, timeout=(self.timeout, self.timeout)
                 )
             except requests.Timeout as exc:
-                raise FetchError(f"{current!r}: no answer within {self.timeout} s") from exc
-            except requests.RequestException as exc:
-                raise FetchError(f"{current!r}: cannot connect ({type(exc).__name__})") from exc
+                raise FetchError(f"{_shown(current)}: no answer within {self.timeout} s") from exc
+            except (requests.RequestException, ValueError) as exc:  # urllib3's LocationParseError is a ValueError
+                raise FetchError(f"{_shown(current)}: cannot connect ({type(exc).__name__})") from exc
             with response:
                 if response.status_code in _REDIRECT_STATUSES and response.headers.get("Location"):
                     current = urljoin(current, response.headers["Location"])
@@ -227,7 +387,7 @@ class ImageFetcher:
                 self._save(response, current, target, started)
             logger.debug("downloaded %s to %s", url, target)
             return target
-        raise FetchError(f"{url!r}: more than {MAX_REDIRECTS} redirects")
+        raise FetchError(f"{_shown(url)}: more than {MAX_REDIRECTS} redirects")
 
     def _status_message(self, url: str, status: int, credentials: bool) -> str:
         message = f"{url!r}: HTTP {status}"
@@ -238,25 +398,105 @@ class ImageFetcher:
         return message
 
     def _save(self, response: requests.Response, url: str, target: Path, started: float) -> None:
-        """Stream the body into a temporary file, enforcing the byte cap and deadline, then rename it."""
+        """Stream the body into the cache, enforcing the byte cap and the deadline."""
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise FetchError(f"{url!r}: {declared} bytes declared, over the {self.max_bytes}-byte limit")
-        fd, tmp_name = tempfile.mkstemp(dir=self.cache_dir, prefix=".part-")
+
+        def body() -> Iterator[bytes]:
+            # read1 returns whatever has arrived (requests' iter_content waits for a whole chunk), so
+            # the deadline is checked even while a server trickles bytes; it also caps decoded sizes.
+            while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
+                if time.monotonic() - started > self.deadline:
+                    raise FetchError(f"{url!r}: the download took over {self.deadline} s")
+                yield chunk
+            if time.monotonic() - started > self.deadline:  # a body cut short by the deadline's timer ends quietly
+                raise FetchError(f"{url!r}: the download took over {self.deadline} s")
+
         try:
+            self._write_cache(target, body(), url)
+        except urllib3.exceptions.HTTPError as exc:
+            raise FetchError(f"{url!r}: the download broke off or stalled for over {self.timeout} s ({type(exc).__name__})") from exc
+
+    def _write_cache(self, target: Path, chunks: Iterable[bytes], url: str) -> None:
+        """Write ``chunks`` to ``target`` atomically (a temporary file renamed into place), under the byte cap.
+
+        Files are readable by the group, so that a web process and a worker running as different users of
+        one group share the cache. A full disk is the task's FetchError, not the request's crash. The
+        cache is then kept under ``cache_bytes``, least recently used out.
+        """
+        tmp_name = None
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=self.cache_dir, prefix=".part-")
+            os.fchmod(fd, _CACHE_FILE_MODE)
             received = 0
             with os.fdopen(fd, "wb") as out:
-                # read1 returns whatever has arrived (requests' iter_content waits for a whole chunk), so
-                # the deadline is checked even while a server trickles bytes; it also caps decoded sizes.
-                while chunk := response.raw.read1(_CHUNK_BYTES, decode_content=True):
+                for chunk in chunks:
                     received += len(chunk)
                     if received > self.max_bytes:
                         raise FetchError(f"{url!r}: more than {self.max_bytes} bytes, over the limit")
-                    if time.monotonic() - started > self.deadline:
-                        raise FetchError(f"{url!r}: the download took over {self.deadline} s")
                     out.write(chunk)
             os.replace(tmp_name, target)
-        except urllib3.exceptions.HTTPError as exc:
-            raise FetchError(f"{url!r}: the download broke off or stalled for over {self.timeout} s ({type(exc).__name__})") from exc
+        except OSError as exc:
+            raise FetchError(f"{url!r}: cannot write to the image cache {self.cache_dir} ({exc.strerror or exc}); "
+                             "free disk space there or lower IMAGE_CACHE_BYTES") from exc
         finally:
-            Path(tmp_name).unlink(missing_ok=True)
+            if tmp_name is not None:
+                Path(tmp_name).unlink(missing_ok=True)
+        _cache_sizes.add(self.cache_dir, received, self.cache_bytes)
+
+
+class _CacheSizes:
+    """The image caches' sizes, kept per folder and process, so pruning scans a folder only when it is over.
+
+    A cache folder is scanned once per process to learn its size; every write adds to it; when the total
+    passes the bound, the least recently used files (oldest modification time: a hit touches its file)
+    are removed until the folder holds 90 % of the bound. Several processes sharing a folder each prune
+    it; a file another removed first is skipped.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, folder: Path, written: int, bound: int | None) -> None:
+        if bound is None:
+            return
+        with self._lock:
+            if folder not in self._sizes:
+                self._sizes[folder] = sum(size for _, size, _ in _cache_files(folder))
+            else:
+                self._sizes[folder] += written
+            if self._sizes[folder] > bound:
+                self._sizes[folder] = _prune(folder, int(bound * 0.9))
+
+
+def _cache_files(folder: Path) -> list[tuple[float, int, Path]]:
+    """(modification time, size, path) of the cached files (not the temporary ``.part-`` ones)."""
+    found = []
+    for entry in os.scandir(folder):
+        if entry.is_file(follow_symlinks=False) and not entry.name.startswith("."):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            found.append((st.st_mtime, st.st_size, Path(entry.path)))
+    return found
+
+
+def _prune(folder: Path, keep: int) -> int:
+    """Remove the least recently used files until ``folder`` holds at most ``keep`` bytes; returns its size."""
+    files = sorted(_cache_files(folder))
+    total = sum(size for _, size, _ in files)
+    removed = 0
+    for _, size, path in files:
+        if total <= keep:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        removed += 1
+    logger.info("image cache %s: removed the %d least recently used file(s); %d bytes remain", folder, removed, total)
+    return total
+
+
+_cache_sizes = _CacheSizes()

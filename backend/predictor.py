@@ -42,14 +42,9 @@ class Predictor:
 
     def fetcher(self, hostname: str | None, token: str | None) -> ImageFetcher:
         """Label Studio's URL and token from the settings, else those Label Studio sent in the request."""
-        return ImageFetcher(
-            label_studio_url=self.settings.label_studio_url if self.settings.label_studio_api_key else (hostname or self.settings.label_studio_url),
-            token=self.settings.label_studio_api_key or token,
-            cache_dir=self.settings.model_dir / "image-cache",
-            document_root=self.settings.local_files_document_root,
-            max_bytes=self.settings.max_image_bytes,
-            timeout=self.settings.fetch_timeout,
-        )
+        own = bool(self.settings.label_studio_api_key)
+        return ImageFetcher.from_settings(self.settings, self.settings.label_studio_url if own else (hostname or self.settings.label_studio_url),
+                                          self.settings.label_studio_api_key or token)
 
     def predict(self, project: str, tasks: list[dict[str, Any]], schema: LabelSchema | None, fetcher: ImageFetcher) -> tuple[list[Any], str | None]:
         """One item per task, in order: a prediction dict, or ``[]`` where none can be given."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import torch
@@ -155,18 +156,30 @@ def annotation_choices(annotation: dict[str, Any] | None, schema: LabelSchema) -
 
 
 def resolve_local_url(url: str, root: Path) -> Path | None:
-    """Map ``/data/local-files/?d=rel`` or a relative path to a file under ``root``; None if it escapes root."""
-    parsed = urlparse(url)
-    if parsed.path.startswith("/data/local-files"):
-        rel = (parse_qs(parsed.query).get("d") or [""])[0]
-    elif parsed.scheme in ("", "file") and not parsed.netloc:
-        rel = parsed.path
-    else:
+    """Map ``/data/local-files/?d=rel`` or a relative path to a file under ``root``; None if it escapes root.
+
+    ``?d=`` is read as Label Studio reads it (the query parameter, percent-decoded). A plain path is taken
+    as it is written: it is not a URL, and a URL parser would cut ``img;v1.jpg`` at the ``;``.
+    """
+    if url.startswith("/data/local-files"):
+        rel = (parse_qs(urlsplit(url).query).get("d") or [""])[0]
+    elif url.startswith("file:"):
+        parsed = urlsplit(url)
+        if parsed.netloc:
+            return None
+        rel = unquote(parsed.path)
+    elif _SCHEME_RE.match(url):
         return None
+    else:
+        rel = url
     candidate = (root / rel.lstrip("/")).resolve()
     if not candidate.is_relative_to(root.resolve()):
         return None
     return candidate
+
+
+#: A URL scheme ("http:", "s3:"): such a string is not a local path
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def _row_labels(schema: LabelSchema, values: dict[str, str | None], require_labels: bool) -> tuple[tuple[int | None, ...], str | None]:

@@ -8,6 +8,7 @@ Authorization header of every request they get.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ BODY = b"\xff\xd8\xff\xe0 not really a jpeg, but bytes to fetch"
 
 class _Handler(BaseHTTPRequestHandler):
     """Routes: /img/* and /data/* (BODY), /big (declared too large), /stream-big (too large, no length),
-    /slow (answers late), /drip (a byte at a time), /redirect?to=URL (302), /loop (302 to itself); "missing" or anything else 404."""
+    /slow (answers late), /drip (a byte at a time), /trickle-headers (headers a byte at a time), /redirect?to=URL (302), /loop (302 to itself); "missing" or anything else 404."""
 
     server: "_Server"
 
@@ -59,6 +60,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 for _ in range(30):
                     self.wfile.write(b"x")
+                    self.wfile.flush()
+                    if self.server.stop.wait(0.1):
+                        break
+            elif path == "/trickle-headers":  # one header byte at a time: read timeouts never trip
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(200):
+                    self.wfile.write(b"X")
                     self.wfile.flush()
                     if self.server.stop.wait(0.1):
                         break
@@ -326,7 +334,7 @@ def root(tmp_path) -> Path:
 
 def test_local_file_under_the_root_is_read_from_disk(tmp_path, root, ls):
     path = _fetcher(tmp_path, ls.url, document_root=root).fetch("/data/local-files/?d=imgs/good.jpg")
-    assert path == (root / "imgs" / "good.jpg").resolve()
+    assert path.parent == tmp_path / "cache"  # a copy made through one open descriptor (issue 11 item 15)
     assert path.read_bytes() == BODY
     assert ls.seen == []
 
@@ -358,12 +366,13 @@ def test_symlink_escaping_the_root_is_refused(tmp_path, root):
 
 def test_symlink_inside_the_root_is_followed(tmp_path, root):
     (root / "imgs" / "alias.jpg").symlink_to(root / "imgs" / "good.jpg")
-    path = _fetcher(tmp_path, None, document_root=root).fetch("/data/local-files/?d=imgs/alias.jpg")
-    assert path == (root / "imgs" / "good.jpg").resolve()
+    fetcher = _fetcher(tmp_path, None, document_root=root)
+    path = fetcher.fetch("/data/local-files/?d=imgs/alias.jpg")
+    assert path.read_bytes() == BODY and path == fetcher.fetch("/data/local-files/?d=imgs/good.jpg")  # one copy
 
 
 def test_missing_local_file_is_a_clear_error(tmp_path, root):
-    with pytest.raises(FetchError, match="no file .* under LOCAL_FILES_DOCUMENT_ROOT"):
+    with pytest.raises(FetchError, match="no readable file .* under LOCAL_FILES_DOCUMENT_ROOT"):
         _fetcher(tmp_path, None, document_root=root).fetch("/data/local-files/?d=imgs/none.jpg")
 
 
@@ -379,7 +388,7 @@ def test_plain_path_is_refused_without_a_root(tmp_path, root):
 
 def test_plain_path_is_read_under_the_root_and_cannot_leave_it(tmp_path, root):
     fetcher = _fetcher(tmp_path, None, document_root=root)
-    assert fetcher.fetch("imgs/good.jpg") == (root / "imgs" / "good.jpg").resolve()
+    assert fetcher.fetch("imgs/good.jpg").read_bytes() == BODY
     with pytest.raises(FetchError, match="outside LOCAL_FILES_DOCUMENT_ROOT"):
         fetcher.fetch("../outside.jpg")
 
@@ -401,3 +410,141 @@ def test_cache_key_depends_on_url_not_token(tmp_path, ls):
     assert _fetcher(tmp_path, ls.url, token=JWT).fetch("/data/upload/3/a.jpg") == with_token
     assert _fetcher(tmp_path, ls.url).fetch("/data/upload/3/other.jpg") != with_token
     assert len(ls.seen) == 2
+
+
+# --- parser differentials: the token goes where the client really connects (issue 11 item 1) -------
+
+
+def _port(server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("trick", [
+    "http://127.0.0.1:{other}\\@127.0.0.1:{ls}/img/t.jpg",       # urllib3 connects to {other}, urlsplit says {ls}
+    "http://127.0.0.1:{other}\\\\@127.0.0.1:{ls}/img/t.jpg",   # doubled backslashes
+    "http://127.0.0.1:{other}\\/img/t.jpg",                      # a backslash before the path
+    "http://127.0.0.1:{ls}@127.0.0.1:{other}/img/t.jpg",          # user info that looks like Label Studio
+    "http://user:pw@127.0.0.1:{ls}/img/t.jpg",                    # user info on Label Studio itself
+], ids=["backslash", "double-backslash", "backslash-path", "userinfo-lookalike", "userinfo"])
+def test_ambiguous_urls_are_refused_before_any_request(tmp_path, ls, other, trick):
+    """Before the fix, the first one passed the origin check as Label Studio and sent the token to {other}."""
+    url = trick.format(ls=_port(ls), other=_port(other))
+    with pytest.raises(FetchError, match="refusing"):
+        _fetcher(tmp_path, ls.url).fetch(url)
+    assert other.seen == [] and ls.seen == []
+
+
+@pytest.mark.parametrize("trick", ["{other_url}/img/h.jpg#@127.0.0.1:{ls}/", "{other_url}/img/h.jpg?@127.0.0.1:{ls}/"],
+                         ids=["fragment-at", "query-at"])
+def test_an_at_sign_after_the_host_does_not_move_the_origin(tmp_path, ls, other, trick):
+    _fetcher(tmp_path, ls.url).fetch(trick.format(other_url=other.url, ls=_port(ls)))
+    assert [auth for _, auth in other.seen] == [None] and ls.seen == []
+
+
+def test_an_upper_case_scheme_and_host_are_still_label_studio(tmp_path, ls):
+    _fetcher(tmp_path, ls.url).fetch(ls.url.replace("http://", "HTTP://") + "/img/u.jpg")
+    assert ls.auth_for("/img/u.jpg") == [f"Token {TOKEN}"]
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("http://ls", "http://ls:80/x", True), ("https://ls/", "https://LS:443/x", True), ("http://ls", "https://ls/x", False),
+    ("http://ls", "http://ls./x", False), ("http://bücher.example", "http://xn--bcher-kva.example/x", True),
+    ("http://[::1]:8080", "http://[::1]:8080/x", True), ("http://ls:8080", "http://ls:8081/x", False),
+])
+def test_origins_compare_as_the_client_connects(a, b, same):
+    from backend.fetch import _origin
+
+    assert (_origin(a) == _origin(b)) is same
+
+
+# --- one wall-clock deadline per image, headers included (issue 11 item 2) ----------------------
+
+
+def test_a_server_trickling_its_headers_is_cut_at_the_deadline(tmp_path, other):
+    """Before the fix, a header byte every 0.1 s kept the 1 s-deadline fetch alive for the whole 20 s."""
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="took over 1.0 s"):
+        _fetcher(tmp_path, None, deadline=1.0, timeout=5.0).fetch(f"{other.url}/trickle-headers")
+    assert time.monotonic() - started < 3.0
+
+
+def test_the_deadline_leaves_a_later_fetch_on_the_same_thread_working(tmp_path, other):
+    fetcher = _fetcher(tmp_path, None, deadline=1.0, timeout=5.0)
+    with pytest.raises(FetchError):
+        fetcher.fetch(f"{other.url}/trickle-headers")
+    assert fetcher.fetch(f"{other.url}/img/after.jpg").read_bytes() == BODY
+
+
+# --- local files: exactly the file named, read through one descriptor (issue 11 item 15) ----------
+
+
+def test_a_semicolon_in_a_plain_path_names_that_file(tmp_path, root):
+    """urlparse cut `img;v1.jpg` at the `;` and read `img` instead."""
+    (root / "imgs" / "img").write_bytes(b"the wrong file")
+    (root / "imgs" / "img;v1.jpg").write_bytes(BODY)
+    assert _fetcher(tmp_path, None, document_root=root).fetch("imgs/img;v1.jpg").read_bytes() == BODY
+
+
+def test_a_symlink_swapped_in_after_the_check_cannot_redirect_the_read(tmp_path, root, monkeypatch):
+    """The check and the read used to be two lookups of one path: a swap between them read another file."""
+    import backend.fetch as fetch
+
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"secret")
+    good = root / "imgs" / "good.jpg"
+    real_resolve = fetch.resolve_local_url
+
+    def resolve_then_swap(url, document_root):
+        path = real_resolve(url, document_root)  # checked inside the root ...
+        good.unlink()
+        good.symlink_to(secret)  # ... then an attacker swaps the file for a link out of it
+        return path
+
+    monkeypatch.setattr(fetch, "resolve_local_url", resolve_then_swap)
+    with pytest.raises(FetchError):
+        _fetcher(tmp_path, None, document_root=root).fetch("/data/local-files/?d=imgs/good.jpg")
+    assert not any(p.read_bytes() == b"secret" for p in (tmp_path / "cache").iterdir())
+
+
+def test_a_changed_local_file_is_copied_again(tmp_path, root):
+    fetcher = _fetcher(tmp_path, None, document_root=root)
+    first = fetcher.fetch("imgs/good.jpg")
+    (root / "imgs" / "good.jpg").write_bytes(BODY + b" changed")
+    assert fetcher.fetch("imgs/good.jpg").read_bytes() == BODY + b" changed" and first.read_bytes() == BODY
+
+
+# --- the cache: bounded, least recently used out, group-readable, a full disk is one task's error (item 10)
+
+
+def test_the_cache_is_kept_under_its_bound_least_recently_used_out(tmp_path, other):
+    import backend.fetch as fetch
+
+    fetcher = _fetcher(tmp_path, None, cache_bytes=len(BODY) * 3)
+    urls = [f"{other.url}/img/{i}.jpg" for i in range(3)]
+    paths = [fetcher.fetch(u) for u in urls]
+    os.utime(paths[0], (1, 1))  # make 0 the oldest, then use it: 1 becomes the least recently used
+    os.utime(paths[1], (2, 2))
+    os.utime(paths[2], (3, 3))
+    fetcher.fetch(urls[0])
+    fetcher.fetch(f"{other.url}/img/3.jpg")
+    left = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert paths[1].name not in left and paths[0].name in left
+    assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= len(BODY) * 3
+    assert fetch._cache_sizes._sizes[tmp_path / "cache"] <= len(BODY) * 3
+
+
+def test_cached_files_are_readable_by_the_group(tmp_path, other):
+    path = _fetcher(tmp_path, None).fetch(f"{other.url}/img/g.jpg")
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_full_disk_is_a_clear_error_for_that_image(tmp_path, other, monkeypatch):
+    import errno
+
+    def no_space(fd, mode):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fchmod", no_space)
+    with pytest.raises(FetchError, match="cannot write to the image cache .*No space left.*IMAGE_CACHE_BYTES"):
+        _fetcher(tmp_path, None).fetch(f"{other.url}/img/full.jpg")
+    assert not [p for p in (tmp_path / "cache").iterdir()]  # no partial file left behind
