@@ -4,11 +4,13 @@ Label Studio sends ``/predict`` the raw stored URL (``data.image``), which can b
 
 - ``/data/local-files/?d=<path>``: Local Storage. With ``document_root`` (Label Studio's
   ``LOCAL_FILES_DOCUMENT_ROOT``) the file is read straight from disk, only inside that root (``..`` and
-  symlinks that leave it are refused); without it, it is downloaded from Label Studio.
+  symlinks that leave it are refused), and copied into the cache through the one descriptor that was
+  checked; without it, it is downloaded from Label Studio.
 - ``/data/upload/...`` and other ``/data/`` or ``/storage-data/`` paths: joined to ``label_studio_url``
   and downloaded with the token.
-- ``http(s)://...``: the token is sent only when scheme, host and port equal Label Studio's own; any
-  other origin is fetched without credentials.
+- ``http(s)://...``: the token is sent only when the scheme, host and port the HTTP client will connect
+  to equal Label Studio's own; any other origin is fetched without credentials, and a URL that URL
+  parsers read differently (backslashes) or that carries user info is refused.
 - a plain path: read only under ``document_root``, resolved the way ``model.data.resolve_local_url``
   resolves it for training, so that one URL names the same file in training and in prediction.
 - anything else (``file:``, ``ftp:``, ``data:``, ``s3://`` ...): refused.
@@ -19,12 +21,13 @@ timeout, reads ``LOCAL_FILES_DOCUMENT_ROOT`` only once, when it is imported, and
 requests' rules, which keep the ``Authorization`` header on an http->https or same-host redirect. This
 module is a small ``requests`` client that keeps the SDK's conventions (``Token`` for a legacy token,
 ``Bearer`` for a JWT access token, token only to Label Studio's host, ``?d=`` under the document root)
-and adds: a byte cap checked on ``Content-Length`` and while streaming, connect/read timeouts plus an
-overall deadline, redirects followed by hand with the token dropped for good once a hop leaves Label
+and adds: a byte cap checked on ``Content-Length`` and while streaming, connect/read timeouts plus one
+wall-clock deadline per image that response headers cannot outlast, redirects followed by hand with the token dropped for good once a hop leaves Label
 Studio's origin, and a cache written atomically.
 
 Downloads are cached in ``cache_dir`` under the SHA-256 of the absolute URL (never of the token), so a
-task that is predicted again is not downloaded again. The cache is not pruned. With a personal access
+task that is predicted again is not downloaded again. The cache is bounded (``cache_bytes``, least
+recently used out) and its files are group-readable. With a personal access
 token, pass the short-lived access token the SDK client holds and build a new fetcher when it is
 refreshed; fetchers sharing a ``cache_dir`` share the cache.
 """
