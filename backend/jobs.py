@@ -3,9 +3,11 @@
 A training run: read the annotations through the SDK, train, compare with the current model, score
 every unlabeled task (in chunks that any number of workers share), plan the cycle (manual, automatic
 and deferred bands, certified threshold, audit sample), import the predictions under the new version,
-point the project at it, keep the Data Manager views up to date, and, with ``AUTO_ACCEPT``, accept
-the certified band in bulk. Only then is the version made current in the model store, so a crash at
-any step leaves the current model serving and no half-done version current.
+record the audit sample and state, make the version current in the store and then in Label Studio,
+keep the Data Manager views up to date, and, with ``AUTO_ACCEPT``, accept the certified band in bulk.
+A crash before promotion leaves the current model serving and no half-done version current; one
+between the store and Label Studio is put right by the next run (``recover``). A run writes only while
+it holds its project's lock (``RunLease``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import random
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
+from rq import get_current_job
 
 from model.active_learning import is_calibration_holdout, plan_cycle
 from model.checkpoint import write_json_atomic
@@ -58,55 +63,120 @@ class ProjectData:
 
 
 def train_project(project_id: int) -> dict[str, Any]:
-    """The RQ entry point of a training run (JSON-serialisable argument and result)."""
+    """The RQ entry point of a training run (JSON-serialisable argument and result).
+
+    The project lock comes first: only then does the run clear its "waiting" mark and read, so events that
+    arrive meanwhile fold into it. If another run holds the lock, this one hands its mark to a copy of itself
+    scheduled for later and returns at once, rather than park this worker for hours while other projects wait.
+    """
     settings = get_settings()
     broker = Broker(settings.redis_url)
     pid = str(project_id)
-    broker.start_run(pid)
-    lock = broker.lock(pid, settings.lock_ttl)
-    if not lock.acquire():
-        raise RuntimeError(f"project {pid}: could not get the training lock")
-    stop = threading.Event()
-    beat = threading.Thread(target=_keep_lock, args=(lock, stop, settings.lock_ttl), daemon=True)
-    beat.start()
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    lease = RunLease(broker.lock(pid, settings.lock_ttl), settings.lock_ttl, pid)
+    if not lease.lock.acquire(blocking=False):
+        return {"result": "deferred", "next": broker.defer_run(pid, job_id)}
+    broker.start_run(pid, job_id)
+    lease.start()
     store = ModelStore(settings.model_dir, broker.conn)
     try:
-        summary = run_cycle(pid, settings, store, broker)
+        summary = run_cycle(pid, settings, store, broker, lease.check)
         _count_run(store, pid, summary.get("result", "done"))
         return summary
     except Exception:
-        _count_run(store, pid, "failed")
+        if not lease.lost.is_set():
+            _count_run(store, pid, "failed")
         raise
     finally:
-        stop.set()
+        lease.stop()
+
+
+class LockLost(RuntimeError):
+    """The run's project lock expired or was taken: another run may be writing the project, so this one stops."""
+
+
+class RunLease:
+    """The project lock a run holds, extended by a heartbeat thread; ``check()`` before every write that matters.
+
+    The lock expires ``ttl`` seconds after its last extension, and then another worker may train the project.
+    So the run counts as having lost it once Redis says it is no longer ours, or once it could not be extended
+    for half of ``ttl`` (Redis unreachable): past that point it must not write, or two runs race on the
+    model version Label Studio and the store point at.
+    """
+
+    def __init__(self, lock: Any, ttl: int, pid: str) -> None:
+        self.lock, self.ttl, self.pid = lock, ttl, pid
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._why = ""
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raise LockLost if the lock was lost: called just before each write of a run."""
+        if self.lost.is_set():
+            raise LockLost(f"project {self.pid}: the training lock was lost ({self._why}); this run stopped before "
+                           "writing, and the project's next run trains again")
+
+    def stop(self) -> None:
+        self._stop.set()
         try:
-            lock.release()
-        except Exception:  # the lock may have expired; nothing to release then
+            self.lock.release()
+        except redis.RedisError:  # expired, taken or unreachable: nothing of ours to release
             pass
 
+    def _beat(self) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self.lock.extend(self.ttl, replace_ttl=True)
+                last_ok = time.monotonic()
+            except redis.exceptions.LockError as exc:
+                return self._lose(f"it expired or another run took it: {exc}")
+            except redis.RedisError as exc:
+                if time.monotonic() - last_ok >= self.ttl / 2:
+                    return self._lose(f"Redis unreachable for {time.monotonic() - last_ok:.0f} s: {exc}")
+                logger.warning("project %s: could not extend the training lock, will retry: %s", self.pid, exc)
 
-def _keep_lock(lock, stop: threading.Event, ttl: int) -> None:
-    """Extend the project lock while the run lives; if the worker dies, the lock expires on its own."""
-    while not stop.wait(ttl / 4):
-        try:
-            lock.extend(ttl, replace_ttl=True)
-        except Exception as exc:
-            logger.warning("could not extend the training lock: %s", exc)
+    def _lose(self, why: str) -> None:
+        self._why = why
+        self.lost.set()
+        logger.error("project %s: lost the training lock (%s); the run stops before its next write", self.pid, why)
 
 
-def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | None) -> dict[str, Any]:
+def _no_check() -> None:
+    """The write guard of a run that holds no lock (tests, a one-off command)."""
+
+
+def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | None,
+              still_held: Callable[[], None] = _no_check) -> dict[str, Any]:
+    """One active-learning cycle of project ``pid``; ``still_held`` raises if the run lost its lock (see RunLease).
+
+    The writes land in an order that a crash anywhere leaves consistent: a new version is saved aside, its
+    calibration, audit sample and state are recorded, its predictions imported, and only then is it made
+    current in the store and, last, in Label Studio; ``recover`` at the start of the next run puts Label
+    Studio back on the store's current version if a crash fell between those two.
+    """
+    settings = settings.for_project(store.state(pid).get("extra_params"))
+    still_held()
     store.clean_incomplete(pid)
     ls = LabelStudioProject(settings.label_studio_url, settings.label_studio_api_key or "", int(pid))
+    recover(pid, ls, store, still_held)
     schema = LabelSchema.from_xml(ls.label_config())
     state = store.state(pid)
     data = read_project(ls.tasks(), schema, set(state.get("machine_task_ids", [])))
     for p in data.problems:
         logger.warning("project %s: %s", pid, p)
     n_human = len(data.labeled)
+    still_held()
     store.update_state(pid, human_labeled=n_human)
     current = store.current_version(pid)
     if n_human < settings.min_labels:
         if current is None:
+            still_held()
             ls.set_sampling(UNIFORM)
         msg = f"{n_human} labeled task(s); training starts at {settings.min_labels} (MIN_LABELS)"
         logger.info("project %s: %s", pid, msg)
@@ -120,10 +190,10 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
         random_ids |= {tid for tid, _, _ in data.labeled}
     audit_ids = set(state.get("audit_task_ids", []))
     calib_ids = {tid for tid, _, _ in data.labeled if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))}
+    still_held()
     store.update_state(pid, random_task_ids=sorted(random_ids))
 
-    fetcher = ImageFetcher(settings.label_studio_url, ls.download_token(), settings.model_dir / "image-cache",
-                           settings.local_files_document_root, settings.max_image_bytes, settings.fetch_timeout)
+    fetcher = ImageFetcher.from_settings(settings, settings.label_studio_url, ls.download_token())
     labeled_paths = fetch_all(fetcher, [(tid, url) for tid, url, _ in data.labeled])
     examples = [Example(key=str(tid), source=str(labeled_paths[tid]), labels=labels) for tid, _, labels in data.labeled if tid in labeled_paths]
     train_set = ExampleSet(schema, [e for e in examples if int(e.key) not in calib_ids])
@@ -134,6 +204,7 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
     result = train(train_set, training_config(settings), progress=False, version=version)
     model = result.model
     timings = {"train_s": time.perf_counter() - t0}
+    still_held()
     store.save_version(pid, model, trained_on={
         "train": sorted(int(k) for k in result.train_keys), "validation": sorted(int(k) for k in result.val_keys),
         "calibration": sorted(int(e.key) for e in calib_set), "all": sorted(int(e.key) for e in examples),
@@ -162,27 +233,38 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
         target=settings.target_precision, delta=settings.delta, rng=rng,
     )
     summary = plan.summary()
+    still_held()
     write_json_atomic(store.version_dir(pid, version) / CALIBRATION_FILE, {
         "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
         "certificate": plan.certificate.to_dict(), "summary": summary,
     })
 
-    t0 = time.perf_counter()
-    items = prediction_items(pool, version, plan.calibrator)
-    ls.import_predictions([{"task": int(k), **item} for k, item in zip(pool.keys, items)])
-    ls.use_version(version, UNCERTAINTY)
-    store.promote(pid, version)
     task_ids = np.array([int(k) for k in pool.keys], dtype=np.int64)
     audit = [int(task_ids[i]) for i in plan.audit]
     certified = [int(task_ids[i]) for i in plan.automatic]
+    still_held()
+    store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
+
+    t0 = time.perf_counter()
+    items = prediction_items(pool, version, plan.calibrator)
+    still_held()
+    ls.import_predictions([{"task": int(k), **item} for k, item in zip(pool.keys, items)])
+    still_held()
+    store.promote(pid, version)
+    still_held()
+    ls.use_version(version, UNCERTAINTY)
     score_floor = float(min((items[i]["score"] for i in plan.automatic), default=1.0))
     # every audit task still waiting for a person, this cycle's and earlier ones', stays out of bulk accept
     labeled_ids = {tid for tid, _, _ in data.labeled}
     pending_audit = sorted((audit_ids | set(audit)) - labeled_ids)
+    still_held()
     update_views(ls, certified_score_floor=score_floor if certified else None, audit_ids=pending_audit)
-    store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
-    accepted = accept_band(ls, store, pid, version, certified, plan.certificate) if settings.auto_accept and certified else None
+    accepted = None
+    if settings.auto_accept and certified:
+        still_held()
+        accepted = accept_band(ls, store, pid, version, certified, plan.certificate)
     timings["import_s"] = time.perf_counter() - t0
+    still_held()
     store.modify_state(pid, lambda state: state.setdefault("last_cycle", {}).update(timings=timings))
     logger.info("project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s", pid, version,
                 len(plan.manual), len(certified), len(audit), len(plan.deferred), timings)
@@ -191,24 +273,50 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
             "skipped_images": (len(data.labeled) - len(examples)) + (len(data.unlabeled) - len(pool_examples)) + len(pool.failures)}
 
 
+def recover(pid: str, ls: LabelStudioProject, store: ModelStore, still_held: Callable[[], None]) -> None:
+    """Point Label Studio at the store's current version if a crashed run left it elsewhere.
+
+    A run makes a version current in the store before it sets Label Studio's ``model_version``, so a crash
+    between the two leaves them apart; Label Studio's score and uncertainty sampling would then rank tasks
+    with predictions the served model did not make.
+    """
+    current = store.current_version(pid)
+    if current is None:
+        return
+    shown = ls.project().get("model_version")
+    if shown != current:
+        logger.warning("project %s: Label Studio's model version is %r but the current model is %s (a run stopped "
+                       "between the two); pointing Label Studio at %s", pid, shown, current, current)
+        still_held()
+        ls.use_version(current, UNCERTAINTY)
+
+
 def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: set[int]) -> ProjectData:
     """Split tasks into human-labeled and unlabeled; bulk-accepted (machine) labels never train the model.
 
     A machine label a person has saved since (corrected or confirmed in the editor) is theirs and trains.
+    A person's annotation always wins over a machine one on the same task (a person labeled between the
+    listing and the bulk conversion, or a lead converted predictions on labeled tasks): it trains.
     """
     data = ProjectData(schema)
+    both: list[int] = []
     for task in tasks:
         tid = int(task["id"])
         url = (task.get("data") or {}).get(schema.image_key)
         if not url:
             data.problems.append(f"task {tid}: no '{schema.image_key}' in its data; skipped")
             continue
-        ann = latest_annotation(task.get("annotations") or [])
+        annotations = task.get("annotations") or []
+        people = [a for a in annotations if not _unedited_conversion(a)]
+        ann = latest_annotation(people) or latest_annotation(annotations)
         if ann is None:
             data.unlabeled.append((tid, url))
             continue
-        if tid in machine_ids and ann.get("parent_prediction") is not None and not edited_by_a_person(ann):
-            continue  # the bulk accept's own annotation, untouched since
+        if _unedited_conversion(ann):
+            if tid in machine_ids:
+                continue  # the bulk accept's own annotation, untouched since
+        elif latest_annotation([a for a in annotations if _unedited_conversion(a)]) is not None:
+            both.append(tid)
         choices = annotation_choices(ann, schema)
         try:
             labels = tuple(schema.head(h).index(v) for h, v in choices.items() if v is not None)
@@ -221,7 +329,15 @@ def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: 
             continue
         data.labeled.append((tid, url, labels))
         data.annotated_at[tid] = ann.get("created_at") or ""
+    if both:
+        logger.warning("%d task(s) carry both a person's annotation and one converted from a prediction; the "
+                       "person's trains: %s", len(both), both[:20])
     return data
+
+
+def _unedited_conversion(annotation: dict[str, Any]) -> bool:
+    """A machine label: converted from a prediction (bulk accept) and saved by no person since."""
+    return annotation.get("parent_prediction") is not None and not edited_by_a_person(annotation)
 
 
 def fetch_all(fetcher: ImageFetcher, items: list[tuple[int, str]]) -> dict[int, Path]:
