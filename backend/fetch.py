@@ -142,30 +142,48 @@ def _touch(path: Path) -> bool:
 
 
 class _ConnectionBox:
-    """The connection a fetch is using, set from the fetching thread, read by its deadline's timer thread."""
+    """The connection a fetch is using and whether its deadline passed; shared with the deadline's timer thread."""
 
-    connection: HTTPConnection | None = None
+    def __init__(self) -> None:
+        self.connection: HTTPConnection | None = None
+        self.expired = threading.Event()
+
+    def use(self, connection: HTTPConnection) -> None:
+        """Note the connection; one made after the deadline passed (a slow connect) is cut at once."""
+        self.connection = connection
+        if self.expired.is_set():
+            self.cut()
+
+    def cut(self) -> None:
+        """Mark the deadline passed and shut the socket down: a read waiting on it fails at once."""
+        self.expired.set()
+        sock = getattr(self.connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
 
 
 _current = threading.local()  # .box: the _ConnectionBox of the fetch running in this thread, if any
 
 
 class _Announced:
-    """A urllib3 connection that tells the running fetch about itself as it connects and sends."""
+    """A urllib3 connection that tells the running fetch about itself once connected and as it sends."""
 
     def connect(self) -> None:
-        _announce(self)
         super().connect()  # type: ignore[misc]
+        _announce(self)
 
     def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         _announce(self)
         return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-def _announce(connection: object) -> None:
+def _announce(connection: HTTPConnection) -> None:
     box = getattr(_current, "box", None)
     if box is not None:
-        box.connection = connection
+        box.use(connection)
 
 
 class _HTTPConnection(_Announced, HTTPConnection):
@@ -200,23 +218,13 @@ def _deadline(seconds: float) -> Iterator[threading.Event]:
     them. At the deadline a timer shuts down the socket of the connection the fetch is using; whatever
     read was waiting then fails at once. The event it yields says whether that happened.
     """
-    box, expired = _ConnectionBox(), threading.Event()
-
-    def cut() -> None:
-        expired.set()
-        sock = getattr(box.connection, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
-
-    timer = threading.Timer(seconds, cut)
+    box = _ConnectionBox()
+    timer = threading.Timer(seconds, box.cut)
     timer.daemon = True
     _current.box = box
     timer.start()
     try:
-        yield expired
+        yield box.expired
     finally:
         timer.cancel()
         _current.box = None

@@ -475,6 +475,23 @@ def test_the_deadline_leaves_a_later_fetch_on_the_same_thread_working(tmp_path, 
     assert fetcher.fetch(f"{other.url}/img/after.jpg").read_bytes() == BODY
 
 
+def test_a_deadline_passing_during_a_slow_connect_still_cuts_the_headers(tmp_path, other, monkeypatch):
+    """The timer fired while the socket did not exist yet, so it cut nothing and the trickle ran its 20 s."""
+    from urllib3.connection import HTTPConnection
+
+    connect = HTTPConnection.connect
+
+    def slow_connect(self):  # type: ignore[no-untyped-def]
+        time.sleep(1.0)  # the deadline passes here
+        connect(self)
+
+    monkeypatch.setattr(HTTPConnection, "connect", slow_connect)
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="took over 0.5 s"):
+        _fetcher(tmp_path, None, deadline=0.5, timeout=5.0).fetch(f"{other.url}/trickle-headers")
+    assert time.monotonic() - started < 3.0
+
+
 # --- local files: exactly the file named, read through one descriptor (issue 11 item 15) ----------
 
 
