@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,9 @@ def resolve_local_url(url: str, root: Path) -> Path | None:
     """Map ``/data/local-files/?d=rel`` or a relative path to a file under ``root``; None if it escapes root.
 
     ``?d=`` is read as Label Studio reads it (the query parameter, percent-decoded). A plain path is taken
-    as it is written: it is not a URL, and a URL parser would cut ``img;v1.jpg`` at the ``;``.
+    as it is written: it is not a URL, and a URL parser would cut ``img;v1.jpg`` at the ``;``. Like Label
+    Studio, ``..`` is collapsed on the text (``normpath``) before the file system is asked, so
+    ``link/../a.jpg`` names the ``a.jpg`` Label Studio serves, not one beside the link's target.
     """
     if url.startswith("/data/local-files"):
         rel = (parse_qs(urlsplit(url).query).get("d") or [""])[0]
@@ -172,7 +175,7 @@ def resolve_local_url(url: str, root: Path) -> Path | None:
         return None
     else:
         rel = url
-    candidate = (root / rel.lstrip("/")).resolve()
+    candidate = (root / posixpath.normpath(rel).lstrip("/")).resolve()
     if not candidate.is_relative_to(root.resolve()):
         return None
     return candidate

@@ -345,12 +345,22 @@ def test_local_file_without_root_is_downloaded_from_label_studio_with_token(tmp_
     assert ls.seen == [("/data/local-files/?d=imgs/good.jpg", f"Token {TOKEN}")]
 
 
-@pytest.mark.parametrize("d", ["../../etc/passwd", "imgs/../../outside.jpg", "/../outside.jpg"])
+@pytest.mark.parametrize("d", ["../../etc/passwd", "imgs/../../outside.jpg", "imgs/%2e%2e/%2e%2e/outside.jpg"])
 def test_dot_dot_escape_is_refused(tmp_path, root, ls, d):
     (tmp_path / "outside.jpg").write_bytes(BODY)
     with pytest.raises(FetchError, match="outside LOCAL_FILES_DOCUMENT_ROOT"):
         _fetcher(tmp_path, ls.url, document_root=root).fetch(f"/data/local-files/?d={d}")
     assert ls.seen == []
+
+
+def test_a_leading_slash_dot_dot_stays_at_the_root_as_in_label_studio(tmp_path, root):
+    """normpath('/../x') is '/x': Label Studio serves <root>/x, never the file beside the root."""
+    (tmp_path / "outside.jpg").write_bytes(b"beside the root")
+    fetcher = _fetcher(tmp_path, None, document_root=root)
+    with pytest.raises(FetchError, match="no readable file"):
+        fetcher.fetch("/data/local-files/?d=/../outside.jpg")
+    (root / "outside.jpg").write_bytes(BODY)
+    assert fetcher.fetch("/data/local-files/?d=/../outside.jpg").read_bytes() == BODY
 
 
 def test_symlink_escaping_the_root_is_refused(tmp_path, root):
@@ -500,6 +510,15 @@ def test_a_semicolon_in_a_plain_path_names_that_file(tmp_path, root):
     (root / "imgs" / "img").write_bytes(b"the wrong file")
     (root / "imgs" / "img;v1.jpg").write_bytes(BODY)
     assert _fetcher(tmp_path, None, document_root=root).fetch("imgs/img;v1.jpg").read_bytes() == BODY
+
+
+def test_dot_dot_after_a_symlinked_folder_names_the_file_label_studio_serves(tmp_path, root):
+    """Label Studio collapses `..` on the text (normpath); resolving through the link first read another file."""
+    (root / "other" / "deep").mkdir(parents=True)
+    (root / "other" / "good.jpg").write_bytes(b"the wrong file")
+    (root / "imgs" / "link").symlink_to(root / "other" / "deep")
+    path = _fetcher(tmp_path, None, document_root=root).fetch("/data/local-files/?d=imgs/link/../good.jpg")
+    assert path.read_bytes() == BODY
 
 
 def test_a_symlink_swapped_in_after_the_check_cannot_redirect_the_read(tmp_path, root, monkeypatch):
