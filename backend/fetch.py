@@ -44,6 +44,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -292,7 +293,16 @@ class ImageFetcher:
         return f"Bearer {token}" if token.count(".") == 2 else f"Token {token}"
 
     def fetch(self, url: str) -> Path:
-        """A local file holding the image at ``url``; raises FetchError saying why when it cannot."""
+        """A local file holding the image at ``url``; raises FetchError saying why when it cannot.
+
+        The file stays in the cache while this fetcher lives, however small IMAGE_CACHE_BYTES is: a
+        training run reads its images long after fetching them, and a pruned one would drop out of training.
+        """
+        path = self._fetch(url)
+        _cache_sizes.pin(self, path)
+        return path
+
+    def _fetch(self, url: str) -> Path:
         if not isinstance(url, str) or not url.strip():
             raise FetchError(f"the task has no image URL (got {url!r:.200})")
         url = url.strip()
@@ -454,7 +464,7 @@ class ImageFetcher:
         finally:
             if tmp_name is not None:
                 Path(tmp_name).unlink(missing_ok=True)
-        _cache_sizes.add(self.cache_dir, received, self.cache_bytes)
+        _cache_sizes.add(self, target, received)
 
 
 class _CacheSizes:
@@ -463,23 +473,33 @@ class _CacheSizes:
     A cache folder is scanned once per process to learn its size; every write adds to it; when the total
     passes the bound, the least recently used files (oldest modification time: a hit touches its file)
     are removed until the folder holds 90 % of the bound. Several processes sharing a folder each prune
-    it; a file another removed first is skipped.
+    it; a file another removed first is skipped. Files a live fetcher of this process handed out are
+    pinned: never pruned while it lives (other processes do not see these pins).
     """
 
     def __init__(self) -> None:
         self._sizes: dict[Path, int] = {}
+        self._pins: weakref.WeakKeyDictionary[ImageFetcher, set[Path]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def add(self, folder: Path, written: int, bound: int | None) -> None:
-        if bound is None:
-            return
+    def pin(self, fetcher: ImageFetcher, path: Path) -> None:
         with self._lock:
+            self._pins.setdefault(fetcher, set()).add(path)
+
+    def add(self, fetcher: ImageFetcher, written: Path, size: int) -> None:
+        """Count ``size`` new bytes at ``written`` (pinned for ``fetcher``); prune if over the fetcher's bound."""
+        folder, bound = fetcher.cache_dir, fetcher.cache_bytes
+        with self._lock:
+            self._pins.setdefault(fetcher, set()).add(written)
+            if bound is None:
+                return
             if folder not in self._sizes:
                 self._sizes[folder] = sum(size for _, size, _ in _cache_files(folder))
             else:
-                self._sizes[folder] += written
+                self._sizes[folder] += size
             if self._sizes[folder] > bound:
-                self._sizes[folder] = _prune(folder, int(bound * 0.9))
+                pinned = set().union(*self._pins.values())
+                self._sizes[folder] = _prune(folder, int(bound * 0.9), pinned)
 
 
 def _cache_files(folder: Path) -> list[tuple[float, int, Path]]:
@@ -495,14 +515,18 @@ def _cache_files(folder: Path) -> list[tuple[float, int, Path]]:
     return found
 
 
-def _prune(folder: Path, keep: int) -> int:
-    """Remove the least recently used files until ``folder`` holds at most ``keep`` bytes; returns its size."""
+def _prune(folder: Path, keep: int, pinned: set[Path]) -> int:
+    """Remove the least recently used files not ``pinned`` until ``folder`` holds at most ``keep`` bytes.
+
+    Returns the size left, which stays over ``keep`` while pinned files alone exceed it."""
     files = sorted(_cache_files(folder))
     total = sum(size for _, size, _ in files)
     removed = 0
     for _, size, path in files:
         if total <= keep:
             break
+        if path in pinned:
+            continue
         path.unlink(missing_ok=True)
         total -= size
         removed += 1

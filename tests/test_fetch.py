@@ -555,18 +555,30 @@ def test_a_changed_local_file_is_copied_again(tmp_path, root):
 def test_the_cache_is_kept_under_its_bound_least_recently_used_out(tmp_path, other):
     import backend.fetch as fetch
 
-    fetcher = _fetcher(tmp_path, None, cache_bytes=len(BODY) * 3)
+    def fetch_once(url: str) -> Path:  # a fetcher of its own, gone at once: nothing stays pinned
+        return _fetcher(tmp_path, None, cache_bytes=len(BODY) * 3).fetch(url)
+
     urls = [f"{other.url}/img/{i}.jpg" for i in range(3)]
-    paths = [fetcher.fetch(u) for u in urls]
+    paths = [fetch_once(u) for u in urls]
     os.utime(paths[0], (1, 1))  # make 0 the oldest, then use it: 1 becomes the least recently used
     os.utime(paths[1], (2, 2))
     os.utime(paths[2], (3, 3))
-    fetcher.fetch(urls[0])
-    fetcher.fetch(f"{other.url}/img/3.jpg")
+    fetch_once(urls[0])
+    fetch_once(f"{other.url}/img/3.jpg")
     left = {p.name for p in (tmp_path / "cache").iterdir()}
     assert paths[1].name not in left and paths[0].name in left
     assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= len(BODY) * 3
     assert fetch._cache_sizes._sizes[tmp_path / "cache"] <= len(BODY) * 3
+
+
+def test_a_live_fetcher_s_files_are_not_pruned_under_it(tmp_path, other, root):
+    """A training run reads its images after fetching them all: pruning them dropped them from training."""
+    fetcher = _fetcher(tmp_path, None, document_root=root, cache_bytes=len(BODY) * 2)
+    paths = [fetcher.fetch(f"{other.url}/img/{i}.jpg") for i in range(3)] + [fetcher.fetch("imgs/good.jpg")]
+    assert all(p.read_bytes() == BODY for p in paths)
+    del fetcher
+    _fetcher(tmp_path, None, cache_bytes=len(BODY) * 2).fetch(f"{other.url}/img/next.jpg")
+    assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= len(BODY) * 2  # unpinned: pruned
 
 
 def test_cached_files_are_readable_by_the_group(tmp_path, other):
