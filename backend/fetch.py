@@ -22,8 +22,8 @@ requests' rules, which keep the ``Authorization`` header on an http->https or sa
 module is a small ``requests`` client that keeps the SDK's conventions (``Token`` for a legacy token,
 ``Bearer`` for a JWT access token, token only to Label Studio's host, ``?d=`` under the document root)
 and adds: a byte cap checked on ``Content-Length`` and while streaming, connect/read timeouts plus one
-wall-clock deadline per image that response headers cannot outlast, redirects followed by hand with the token dropped for good once a hop leaves Label
-Studio's origin, and a cache written atomically.
+wall-clock deadline per image that response headers cannot outlast, redirects followed by hand with the
+token dropped for good once a hop leaves Label Studio's origin, and a cache written atomically.
 
 Downloads are cached in ``cache_dir`` under the SHA-256 of the absolute URL (never of the token), so a
 task that is predicted again is not downloaded again. The cache is bounded (``cache_bytes``, least
@@ -104,12 +104,13 @@ def _origin(url: str) -> Origin:
     prepared = requests.PreparedRequest()
     try:
         prepared.prepare_url(url, None)
-        parts = urllib3.util.parse_url(prepared.url)
+        parts = urllib3.util.parse_url(prepared.url or "")
     except (requests.RequestException, ValueError) as exc:  # urllib3's LocationParseError is a ValueError
         raise FetchError(f"refusing {_shown(url)}: not a valid URL ({type(exc).__name__})") from None
     scheme = (parts.scheme or "").lower()
     if scheme not in _DEFAULT_PORTS:
-        raise FetchError(f"refusing {_shown(url)}: only http and https URLs are fetched, not {scheme or 'a schemeless'} URLs")
+        raise FetchError(f"refusing {_shown(url)}: only http and https URLs are fetched, "
+                         f"not {scheme or 'a schemeless'} URLs")
     if not parts.host:
         raise FetchError(f"refusing {_shown(url)}: no host")
     origin = (scheme, parts.host.strip("[]").lower(), parts.port or _DEFAULT_PORTS[scheme])
@@ -122,7 +123,7 @@ def _origin(url: str) -> Origin:
 
 
 def _naive_origin(url: str) -> Origin | None:
-    """The origin as ``urllib.parse`` reads ``url`` (hosts IDNA-encoded as the client sends them); None if unreadable."""
+    """The origin as ``urllib.parse`` reads ``url``, hosts IDNA-encoded as the client sends them; None if unreadable."""
     parts = _split(url)
     try:
         host = (parts.hostname or "").encode("idna").decode("ascii").lower()
@@ -146,10 +147,10 @@ class _ConnectionBox:
     """The connection a fetch is using and whether its deadline passed; shared with the deadline's timer thread."""
 
     def __init__(self) -> None:
-        self.connection: HTTPConnection | None = None
+        self.connection: object = None  # a urllib3 HTTPConnection; its .sock exists once connected
         self.expired = threading.Event()
 
-    def use(self, connection: HTTPConnection) -> None:
+    def use(self, connection: object) -> None:
         """Note the connection; one made after the deadline passed (a slow connect) is cut at once."""
         self.connection = connection
         if self.expired.is_set():
@@ -176,12 +177,12 @@ class _Announced:
         super().connect()  # type: ignore[misc]
         _announce(self)
 
-    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def request(self, *args, **kwargs):
         _announce(self)
-        return super().request(*args, **kwargs)  # type: ignore[misc]
+        return super().request(*args, **kwargs)
 
 
-def _announce(connection: HTTPConnection) -> None:
+def _announce(connection: object) -> None:
     box = getattr(_current, "box", None)
     if box is not None:
         box.use(connection)
@@ -206,7 +207,7 @@ class _HTTPSPool(HTTPSConnectionPool):
 class _DeadlineAdapter(HTTPAdapter):
     """requests' adapter over connections that a deadline can cut (see ``_deadline``)."""
 
-    def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
@@ -342,7 +343,7 @@ class ImageFetcher:
         except (ValueError, OSError) as exc:
             raise FetchError(f"refusing {_shown(url)}: not a usable path ({exc})") from None
         if path is None:
-            raise FetchError(f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
+            raise self._outside(url)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
         except OSError as exc:
@@ -353,7 +354,7 @@ class ImageFetcher:
         with os.fdopen(fd, "rb") as fh:
             real = Path(os.path.realpath(f"/proc/self/fd/{fd}"))
             if not real.is_relative_to(self.document_root.resolve()):
-                raise FetchError(f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
+                raise self._outside(url)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise FetchError(f"refusing {_shown(url)}: {path} is not a regular file")
@@ -363,6 +364,9 @@ class ImageFetcher:
             if not _touch(target):
                 self._write_cache(target, iter(lambda: fh.read(_CHUNK_BYTES), b""), url)
         return target
+
+    def _outside(self, url: str) -> FetchError:
+        return FetchError(f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
 
     def cache_path(self, url: str, suffix: str | None = None) -> Path:
         """Where the download of absolute ``url`` is cached: the URL's SHA-256 plus its file suffix."""
@@ -381,11 +385,12 @@ class ImageFetcher:
                 return self._follow(url, target, started)
             except FetchError:
                 if expired.is_set():
-                    raise FetchError(f"{_shown(url)}: the download took over {self.deadline} s (FETCH_DEADLINE)") from None
+                    raise FetchError(f"{_shown(url)}: the download took over {self.deadline} s (FETCH_DEADLINE)"
+                                     ) from None
                 raise
 
     def _follow(self, url: str, target: Path, started: float) -> Path:
-        """Follow redirects by hand: the token goes to Label Studio's origin only, and never again once a hop left it."""
+        """Follow redirects by hand: the token goes to Label Studio's origin only, never again once a hop left it."""
         current, credentials = url, True
         for _ in range(MAX_REDIRECTS + 1):
             credentials = _origin(current) == self._origin and credentials

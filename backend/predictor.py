@@ -43,8 +43,8 @@ class Predictor:
     def fetcher(self, hostname: str | None, token: str | None) -> ImageFetcher:
         """Label Studio's URL and token from the settings, else those Label Studio sent in the request."""
         own = bool(self.settings.label_studio_api_key)
-        return ImageFetcher.from_settings(self.settings, self.settings.label_studio_url if own else (hostname or self.settings.label_studio_url),
-                                          self.settings.label_studio_api_key or token)
+        url = self.settings.label_studio_url if own else (hostname or self.settings.label_studio_url)
+        return ImageFetcher.from_settings(self.settings, url, self.settings.label_studio_api_key or token)
 
     def predict(self, project: str, tasks: list[dict[str, Any]], schema: LabelSchema | None, fetcher: ImageFetcher) -> tuple[list[Any], str | None]:
         """One item per task, in order: a prediction dict, or ``[]`` where none can be given."""

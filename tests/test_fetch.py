@@ -27,7 +27,8 @@ BODY = b"\xff\xd8\xff\xe0 not really a jpeg, but bytes to fetch"
 
 class _Handler(BaseHTTPRequestHandler):
     """Routes: /img/* and /data/* (BODY), /big (declared too large), /stream-big (too large, no length),
-    /slow (answers late), /drip (a byte at a time), /trickle-headers (headers a byte at a time), /redirect?to=URL (302), /loop (302 to itself); "missing" or anything else 404."""
+    /slow (answers late), /drip (a byte at a time), /trickle-headers (headers a byte at a time),
+    /redirect?to=URL (302), /loop (302 to itself); "missing" or anything else 404."""
 
     server: "_Server"
 
@@ -457,7 +458,8 @@ def test_an_upper_case_scheme_and_host_are_still_label_studio(tmp_path, ls):
 
 
 @pytest.mark.parametrize("a,b,same", [
-    ("http://ls", "http://ls:80/x", True), ("https://ls/", "https://LS:443/x", True), ("http://ls", "https://ls/x", False),
+    ("http://ls", "http://ls:80/x", True), ("https://ls/", "https://LS:443/x", True),
+    ("http://ls", "https://ls/x", False),
     ("http://ls", "http://ls./x", False), ("http://bücher.example", "http://xn--bcher-kva.example/x", True),
     ("http://[::1]:8080", "http://[::1]:8080/x", True), ("http://ls:8080", "http://ls:8081/x", False),
 ])
