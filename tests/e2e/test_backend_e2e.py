@@ -473,6 +473,7 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
     finally:
         stop_worker(worker)
         proxy.close()
+        loop.stack.restart_worker()  # the next tests need a worker: webhook claims are checked there against Label Studio
 
 
 def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: Loop) -> None:
