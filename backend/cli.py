@@ -9,11 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+from backend.labelstudio.client import LabelStudioError
+from backend.labelstudio.export import read_project_export
 from model import cli as model_cli
 from model.schema import SchemaError
-
-from .export import read_project_export
-from .labelstudio import LabelStudioError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +64,8 @@ def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from .server import serve
-    from .settings import get_settings
+    from backend.settings import get_settings
+    from backend.web.server import serve
 
     settings = get_settings()
     if args.port:
@@ -75,14 +74,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_worker(args: argparse.Namespace) -> None:
-    from .server import work
+    from backend.worker.run import work
 
     work(burst=args.burst)
 
 
 def _cmd_connect(args: argparse.Namespace) -> None:
-    from .connect import connect
-    from .settings import get_settings
+    from backend.labelstudio.connect import connect
+    from backend.settings import get_settings
 
     if not args.url or not args.api_key:
         raise model_cli.UsageError("--url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY) are required")
@@ -93,7 +92,7 @@ def _cmd_connect(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import RunningLabelStudio, run_demo
+    from backend.dev.demo import RunningLabelStudio, run_demo
 
     label_studio = None
     if args.label_studio_url:
@@ -106,11 +105,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_undo_accept(args: argparse.Namespace) -> None:
-    from .accepts import list_accepts
-    from .autolabel import undo_accept
-    from .labelstudio import LabelStudioProject
-    from .settings import get_settings
-    from .store import ModelStore
+    from backend.labelstudio.client import LabelStudioProject
+    from backend.settings import get_settings
+    from backend.store import ModelStore
+    from backend.worker.accepts import list_accepts
+    from backend.worker.autolabel import undo_accept
 
     s = get_settings()
     store = ModelStore(s.model_dir, s.redis_url)

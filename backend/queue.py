@@ -29,7 +29,7 @@ from rq.serializers import JSONSerializer
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "weather-al"
-TRAIN_JOB = "backend.jobs.train_project"
+TRAIN_JOB = "backend.worker.cycle.train_project"
 KEY = "weather-al:{}:{}"
 TRAIN_TIMEOUT = 4 * 3600
 #: How long a run that found its project's lock taken waits before it tries again (as a scheduled job)

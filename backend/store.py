@@ -30,9 +30,8 @@ from typing import Any
 
 import redis
 
-from model.checkpoint import META_FILE, METRICS_FILE, TrainedModel, write_json_atomic
-
-from .queue import KEY
+from backend.queue import KEY
+from model.nn.checkpoint import META_FILE, METRICS_FILE, TrainedModel, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from common import SCENES, machine, synthetic_set, table
-from model.data import read_manifest
-from model.evaluation import evaluate
+
+from model.data.examples import read_manifest
 from model.schema import LabelSchema
-from model.training import TrainConfig, train
+from model.training.evaluation import evaluate
+from model.training.trainer import TrainConfig, train
 
 TARGET = 0.9
 

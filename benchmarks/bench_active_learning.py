@@ -31,14 +31,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import SCENES, machine, synthetic_set
-from model.bands import draw_audit_sample
-from model.certify import certify_threshold
-from model.selection import STRATEGY_NAMES
-from model.simulate import RunTrace, SimulationData, default_test_size, simulate
-from model.simulation_report import curves
-from model.training import TrainConfig
+
+from model.al.bands import draw_audit_sample
+from model.al.certify import certify_threshold
+from model.al.strategies import STRATEGY_NAMES
+from model.sim.report import curves
+from model.sim.results import RunTrace
+from model.sim.simulate import SimulationData, default_test_size, simulate
+from model.training.trainer import TrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,19 +24,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import machine, synthetic_set, table  # noqa: E402
-
 import numpy as np  # noqa: E402
+from common import machine, synthetic_set, table  # noqa: E402
 
 from model.analysis import analyze, read_input  # noqa: E402
 from model.analysis.duplicates import near_groups  # noqa: E402
 from model.analysis.embeddings import embed  # noqa: E402
 from model.analysis.label_problems import suspected_labels  # noqa: E402
-from model.backbones import build_backbone  # noqa: E402
-from model.checkpoint import TrainedModel  # noqa: E402
-from model.network import MultiHeadNet  # noqa: E402
+from model.nn.backbones import build_backbone  # noqa: E402
+from model.nn.checkpoint import TrainedModel  # noqa: E402
+from model.nn.network import MultiHeadNet  # noqa: E402
 from model.schema import LabelSchema  # noqa: E402
-from model.training import TrainConfig  # noqa: E402
+from model.training.trainer import TrainConfig  # noqa: E402
 
 
 def peak_rss_mib() -> tuple[float, float]:

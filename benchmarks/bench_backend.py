@@ -17,7 +17,7 @@ Label Studio's Local Storage names them. It measures
 - the web process's RSS (gunicorn master plus workers) with the model loaded (target: 1.5 GB).
 
 Part 2 (``--cycle``), one retrain cycle end to end: a real Label Studio (its own venv), Redis, the
-backend and a worker (``backend.demo.Stack``); a project of ``--labeled`` + ``--unlabeled`` synthetic
+backend and a worker (``backend.dev.demo.Stack``); a project of ``--labeled`` + ``--unlabeled`` synthetic
 scenes, the first ``--labeled`` labeled by the simulated annotator; then Start Training, timed from
 the request to the new model version in Label Studio with every unlabeled task predicted, split into
 train, score and import as the worker measured them (target for 1,000 + 5,000 at 160 px on 2 cores:
@@ -45,12 +45,12 @@ from typing import Any
 import numpy as np
 import requests
 import torch
-
 from common import machine, process_tree_memory, table
-from model.data import read_manifest
+
+from model.data.examples import read_manifest
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
-from model.synth import generate
-from model.training import TrainConfig, train
+from model.sim.scenes import generate
+from model.training.trainer import TrainConfig, train
 
 PROJECT = "1"
 LABEL_CONFIG = DEFAULT_LABEL_CONFIG.read_text()
@@ -94,7 +94,7 @@ class WebProcess:
     """``weather-al serve --no-worker`` on a free port, stopped on exit."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        from backend.demo import free_port, wait_for_backend
+        from backend.dev.demo import free_port, wait_for_backend
 
         port = free_port(None)
         self.url = f"http://127.0.0.1:{port}"
@@ -193,9 +193,9 @@ def web_part(args: argparse.Namespace, work: Path) -> None:
 
 
 def cycle_part(args: argparse.Namespace, work: Path) -> None:
-    from backend.connect import connect
-    from backend.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, wait_for_run
-    from backend.labelstudio import as_dict
+    from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, wait_for_run
+    from backend.labelstudio.client import as_dict
+    from backend.labelstudio.connect import connect
     from backend.store import ModelStore
 
     extra = {"MIN_LABELS": "10", "TRAIN_EVERY": str(10**6), "IMAGE_SIZE": str(args.image_size), "LOG_LEVEL": "INFO"}

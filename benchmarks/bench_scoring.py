@@ -29,17 +29,17 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import SCENES, machine, synthetic_set, table
-from model.augment import eval_transform, squash
-from model.backbones import build_backbone
-from model.checkpoint import TrainedModel
-from model.data import read_manifest
-from model.decoded_images import DecodedImages
-from model.images import load_image
-from model.network import MultiHeadNet
+
+from model.data.decoded import DecodedImages
+from model.data.examples import read_manifest
+from model.data.images import load_image
+from model.data.transforms import eval_transform, squash
+from model.nn.backbones import build_backbone
+from model.nn.checkpoint import TrainedModel
+from model.nn.network import MultiHeadNet
 from model.schema import LabelSchema
-from model.scoring import default_workers
+from model.training.scoring import default_workers
 
 TARGET = 0.8
 

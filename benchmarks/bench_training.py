@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 from common import SCENES, machine, process_tree_memory, synthetic_set, table
-from model.data import read_manifest
+
+from model.data.examples import read_manifest
 from model.schema import LabelSchema
-from model.training import TrainConfig, train
+from model.training.trainer import TrainConfig, train
 
 TARGET_GB = 3.0
 

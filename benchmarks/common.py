@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-
 #: One folder of synthetic scenes (seed 0) shared by all benchmarks; scene i is the same whatever n.
 SCENES = Path("/tmp/weather-al-bench/scenes")
 
@@ -19,7 +18,7 @@ def synthetic_set(directory: Path, n: int, seed: int = 0) -> Path:
     ``directory/manifest.csv`` and ``truth.csv`` hold all scenes made so far; for fewer than all a
     ``first<n>.csv`` beside them lists the first ``n``.
     """
-    from model.synth import generate
+    from model.sim.scenes import generate
 
     manifest = directory / "manifest.csv"
     have = sum(1 for _ in manifest.open()) - 1 if manifest.is_file() else 0

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .schema import DEFAULT_LABEL_CONFIG, LabelSchema
+from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def load_examples(path: Path, schema: LabelSchema, require_labels: bool = True):
     """A manifest (.csv), a Label Studio export (.json) or, when labels are not required, a folder."""
-    from .data import read_folder, read_label_studio_export, read_manifest
+    from model.data.examples import read_folder, read_label_studio_export, read_manifest
 
     if not path.exists():
         raise UsageError(f"{path} does not exist")
@@ -125,14 +125,14 @@ def load_examples(path: Path, schema: LabelSchema, require_labels: bool = True):
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from .synth import generate
+    from model.sim.scenes import generate
 
     generate(args.out, args.n, seed=args.seed, label_noise=args.label_noise, document_root=args.document_root)
     print(f"wrote {args.n} scenes to {args.out} (manifest.csv, truth.csv, tasks.json)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training import TrainConfig, overfit_one_batch, train
+    from model.training.trainer import TrainConfig, overfit_one_batch, train
 
     schema = _schema(args.label_config)
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
@@ -160,8 +160,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .checkpoint import TrainedModel
-    from .evaluation import evaluate
+    from model.nn.checkpoint import TrainedModel
+    from model.training.evaluation import evaluate
 
     model = TrainedModel.load(args.model)
     data = load_examples(args.data, model.schema)
@@ -176,8 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from .checkpoint import TrainedModel
-    from .scoring import score_rows
+    from model.nn.checkpoint import TrainedModel
+    from model.training.scoring import score_rows
 
     model = TrainedModel.load(args.model)
     data = load_examples(args.data, model.schema, require_labels=False)
@@ -192,15 +192,15 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from .simulate import SimulationData, default_test_size, simulate
-    from .training import TrainConfig
+    from model.sim.simulate import SimulationData, default_test_size, simulate
+    from model.training.trainer import TrainConfig
 
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     for name in ("image_size", "epochs", "backbone", "device", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     if args.data is None:
-        from .synth import generate
+        from model.sim.scenes import generate
 
         args.pool = args.pool or 2000
         args.test = args.test or default_test_size(args.pool)
@@ -220,9 +220,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from .analysis import analyze, read_export_tasks, read_input
-    from .analysis.embeddings import EMBEDDING_SIZE
-    from .checkpoint import TrainedModel
+    from model.analysis import analyze, read_export_tasks, read_input
+    from model.analysis.embeddings import EMBEDDING_SIZE
+    from model.nn.checkpoint import TrainedModel
 
     if args.project is not None:
         if args.read_project is None:
@@ -247,8 +247,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .training import TrainConfig
-    from .tune import SearchSpace, format_table, tune, write_outputs
+    from model.training.trainer import TrainConfig
+    from model.training.tune import SearchSpace, format_table, tune, write_outputs
 
     base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     if args.epochs is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 def _default_label_config() -> Path:
     """The weather project: the repository's top-level file, or the copy a wheel installs under share/."""
     here = Path(__file__).resolve().parent.parent / "label_config.xml"

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ImageLimits(BaseSettings):
-    """Limits on every image the model reads (see ``model.images.load_image``)."""
+    """Limits on every image the model reads (see ``model.data.images.load_image``)."""
 
     # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True,

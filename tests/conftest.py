@@ -10,9 +10,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
+from tiny_data import TinyData, write_tiny_set  # noqa: E402
 
 from model.schema import LabelSchema  # noqa: E402
-from tiny_data import TinyData, write_tiny_set  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 TIMEOFDAY_COLOUR = {"day": (150, 190, 240), "night": (15, 15, 35), "dusk": (215, 110, 50)}
 WEATHER = ("clear", "rain", "snow")
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-from ..schema import LabelSchema
-from .inputs import Item
+from model.analysis.inputs import Item
+from model.schema import LabelSchema
 
 
 def kappa(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -1,6 +1,6 @@
 """Class distribution per head and jointly, imbalance ratios, and what the trainer would do about them.
 
-The trainer (``model.training.train``) undersamples every head to ``max_ratio`` times its rarest
+The trainer (``model.training.trainer.train``) undersamples every head to ``max_ratio`` times its rarest
 class and weights the rest by median frequency; showing the counts after undersampling and the
 weights next to the raw counts tells a lead how much of the labeled data a training run really sees.
 The trainer computes both on its training split; here they are computed on all fully labeled items,
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..imbalance import class_counts, median_frequency_weights, undersample
-from ..schema import LabelSchema
+from model.data.imbalance import class_counts, median_frequency_weights, undersample
+from model.schema import LabelSchema
 
 
 def imbalance_ratio(counts: np.ndarray) -> float | None:

@@ -1,7 +1,7 @@
 """Image embeddings for analysis: pooled ImageNet features, computed by the scoring pipeline itself.
 
 Duplicates, outliers and suspected labels are judged in a feature space that no label has shaped:
-the pooled last stage of an ImageNet ``efficientnet_lite0``. The pass runs :func:`model.scoring.run_inference`
+the pooled last stage of an ImageNet ``efficientnet_lite0``. The pass runs :func:`model.training.scoring.run_inference`
 (same DataLoader, decoding workers and eval transform as ``weather-al score``) on a network whose
 heads are untrained; only the embedding is read, so the heads' and loss module's outputs are ignored
 (they cost well under a percent of the forward pass). 128 px is enough for scene-level features and
@@ -14,11 +14,11 @@ import logging
 
 import numpy as np
 
-from ..backbones import build_backbone
-from ..network import MultiHeadNet
-from ..schema import LabelSchema
-from ..scoring import inference_loader, run_inference
-from .inputs import Item
+from model.analysis.inputs import Item
+from model.nn.backbones import build_backbone
+from model.nn.network import MultiHeadNet
+from model.schema import LabelSchema
+from model.training.scoring import inference_loader, run_inference
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .duplicates import DuplicateGroup, describe_group
-from .image_stats import APPEARANCE, ImageStats
-from .inputs import AnalysisInput
-from .label_problems import Suspects
-from .outliers import OutlierScores
+from model.analysis.duplicates import DuplicateGroup, describe_group
+from model.analysis.image_stats import APPEARANCE, ImageStats
+from model.analysis.inputs import AnalysisInput
+from model.analysis.label_problems import Suspects
+from model.analysis.outliers import OutlierScores
 
 MAX_SUSPECTS = 500
 MAX_OUTLIERS = 200

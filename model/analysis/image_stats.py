@@ -1,6 +1,6 @@
 """Per-image facts: readable or not (and why), file hash, format, mode, size, light and texture, a perceptual hash.
 
-One pass over the files, decoded through :func:`model.images.load_image` (the loader training and
+One pass over the files, decoded through :func:`model.data.images.load_image` (the loader training and
 scoring use, so "unreadable" means exactly what it means there) at a small draft size: statistics of
 light and texture and a perceptual hash need only a thumbnail, and JPEG draft decoding makes a
 thumbnail several times cheaper than the full image. Files are read in DataLoader worker processes.
@@ -26,9 +26,9 @@ from scipy.fft import dctn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..images import ImageError, load_image
-from ..scoring import default_workers
-from .inputs import Item
+from model.analysis.inputs import Item
+from model.data.images import ImageError, load_image
+from model.training.scoring import default_workers
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading a data set for analysis: every image, every annotation, every label problem kept.
 
-Training readers (:mod:`model.data`) skip a row with a missing head or an unknown class and keep only
+Training readers (:mod:`model.data.examples`) skip a row with a missing head or an unknown class and keep only
 the latest annotation of a task. Analysis needs what they leave out: the images without labels (a
 duplicate across the labeled and unlabeled parts wastes a label), each annotator's answer (agreement
 between annotators is the human baseline), and each label that could not be used, named with its
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import Example, latest_annotation, resolve_local_url
-from ..schema import LabelSchema
+from model.data.examples import Example, latest_annotation, resolve_local_url
+from model.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ..schema import LabelSchema
+from model.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_stats import APPEARANCE, ImageStats
+from model.analysis.image_stats import APPEARANCE, ImageStats
 
 _MAD_TO_SIGMA = 1.4826
 

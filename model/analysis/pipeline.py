@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..training import TrainConfig
-from .agreement import annotator_agreement, disagreements, model_agreement
-from .distribution import class_distribution
-from .duplicates import exact_groups, near_groups
-from .embeddings import EMBEDDING_SIZE, embed
-from .findings import Findings
-from .image_stats import image_statistics
-from .inputs import AnalysisInput
-from .label_problems import suspected_labels
-from .outliers import outlier_scores
-from .report import write_report
+from model.analysis.agreement import annotator_agreement, disagreements, model_agreement
+from model.analysis.distribution import class_distribution
+from model.analysis.duplicates import exact_groups, near_groups
+from model.analysis.embeddings import EMBEDDING_SIZE, embed
+from model.analysis.findings import Findings
+from model.analysis.image_stats import image_statistics
+from model.analysis.inputs import AnalysisInput
+from model.analysis.label_problems import suspected_labels
+from model.analysis.outliers import outlier_scores
+from model.analysis.report import write_report
+from model.training.trainer import TrainConfig
 
 if TYPE_CHECKING:
-    from ..checkpoint import TrainedModel
+    from model.nn.checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..images import ImageError, load_image
-from .findings import Findings
-from .image_stats import APPEARANCE
+from model.analysis.findings import Findings
+from model.analysis.image_stats import APPEARANCE
+from model.data.images import ImageError, load_image
 
 THUMB_WIDTH = 160
 GRID_LIMIT = 40

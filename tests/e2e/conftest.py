@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.local_label_studio import LOG_FILENAME, LocalLabelStudio, start_label_studio
+from backend.dev.local_label_studio import LOG_FILENAME, LocalLabelStudio, start_label_studio
 
 logger = logging.getLogger(__name__)
 

@@ -31,32 +31,32 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 import redis
 import requests
 import torch
 from label_studio_sdk import LabelStudio
+from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from backend.accepts import list_accepts
-from backend.autolabel import accept_band, undo_accept
-from backend.connect import connect
-from backend.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, view_tasks, wait_for_run
-from backend.jobs import read_project
-from backend.labelstudio import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
-from backend.local_label_studio import LocalLabelStudio
-from backend.predictions import load_calibrator
+from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, view_tasks, wait_for_run
+from backend.dev.local_label_studio import LocalLabelStudio
+from backend.labelstudio.client import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
+from backend.labelstudio.connect import connect
+from backend.labelstudio.predictions import load_calibrator
 from backend.queue import KEY, QUEUE_NAME
 from backend.store import ModelStore
-from model.calibration import score_from_loss
-from model.certify import Certificate
-from model.checkpoint import TrainedModel
-from model.data import Example, resolve_local_url
+from backend.worker.accepts import list_accepts
+from backend.worker.autolabel import accept_band, undo_accept
+from backend.worker.project_data import read_project
+from model.al.calibration import score_from_loss
+from model.al.certify import Certificate
+from model.data.examples import Example, resolve_local_url
+from model.nn.checkpoint import TrainedModel
 from model.schema import LabelSchema
-from model.synth import generate
+from model.sim.scenes import generate
 
 pytestmark = pytest.mark.e2e
 

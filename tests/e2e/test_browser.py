@@ -1,7 +1,7 @@
 """The three things a Label Studio user does, clicked through in a real browser.
 
 Against a real Label Studio 1.23.2, the backend (``weather-al serve``), a worker and Redis (the same
-``backend.demo.Stack`` as ``weather-al demo``), Debian's Chromium driven by Playwright does what a
+``backend.dev.demo.Stack`` as ``weather-al demo``), Debian's Chromium driven by Playwright does what a
 person does and checks what a person sees:
 
 1. Connect: Settings > Model > Connect Model with the backend's URL; the card says "Connected";
@@ -55,13 +55,13 @@ from label_studio_sdk import LabelStudio
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from backend.demo import SimulatedAnnotator, Stack, create_scene_project, view_tasks, wait_for_version
-from backend.labelstudio import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
-from backend.local_label_studio import LocalLabelStudio
+from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, view_tasks, wait_for_version
+from backend.dev.local_label_studio import LocalLabelStudio
+from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
 from backend.store import ModelStore
 from model.schema import LabelSchema
-from model.synth import generate
-from model.training import TrainConfig
+from model.sim.scenes import generate
+from model.training.trainer import TrainConfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

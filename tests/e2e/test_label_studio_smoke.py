@@ -17,7 +17,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from PIL import Image
 
-from backend.local_label_studio import LocalLabelStudio
+from backend.dev.local_label_studio import LocalLabelStudio
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,1 @@
+"""Everything that speaks Label Studio: the SDK client, its formats, exports, connecting, image URLs."""

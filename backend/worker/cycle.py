@@ -1,0 +1,230 @@
+"""The training run, an RQ job: one active-learning cycle of a project, from its annotations to its queue.
+
+A training run: read the annotations through the SDK, train, compare with the current model, score
+every unlabeled task (in chunks that any number of workers share), plan the cycle (manual, automatic
+and deferred bands, certified threshold, audit sample), import the predictions under the new version,
+record the audit sample and state, make the version current in the store and then in Label Studio,
+keep the Data Manager views up to date, and, with ``AUTO_ACCEPT``, accept the certified band in bulk.
+A crash before promotion leaves the current model serving and no half-done version current; one
+between the store and Label Studio is put right by the next run (``recover``). A run writes only while
+it holds its project's lock (``RunLease``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from rq import get_current_job
+
+from backend.labelstudio.client import UNCERTAINTY, UNIFORM, LabelStudioProject
+from backend.labelstudio.fetch import ImageFetcher
+from backend.labelstudio.predictions import CALIBRATION_FILE, prediction_items
+from backend.queue import Broker
+from backend.settings import Settings, get_settings
+from backend.store import ModelStore
+from backend.worker.autolabel import accept_band, update_views
+from backend.worker.chunks import score_pool
+from backend.worker.images import fetch_all
+from backend.worker.lease import RunLease, _no_check
+from backend.worker.project_data import read_project
+from backend.worker.promotion import should_promote
+from model.al.cycle import is_calibration_holdout, plan_cycle
+from model.al.strategies import PoolView
+from model.data.examples import Example, ExampleSet
+from model.nn.checkpoint import write_json_atomic
+from model.schema import LabelSchema
+from model.training.trainer import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+def train_project(project_id: int) -> dict[str, Any]:
+    """The RQ entry point of a training run (JSON-serialisable argument and result).
+
+    The project lock comes first: only then does the run clear its "waiting" mark and read, so events that
+    arrive meanwhile fold into it. If another run holds the lock, this one hands its mark to a copy of itself
+    scheduled for later and returns at once, rather than park this worker for hours while other projects wait.
+    """
+    settings = get_settings()
+    broker = Broker(settings.redis_url)
+    pid = str(project_id)
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    lease = RunLease(broker.lock(pid, settings.lock_ttl), settings.lock_ttl, pid)
+    if not lease.lock.acquire(blocking=False):
+        return {"result": "deferred", "next": broker.defer_run(pid, job_id)}
+    broker.start_run(pid, job_id)
+    lease.start()
+    store = ModelStore(settings.model_dir, broker.conn)
+    try:
+        summary = run_cycle(pid, settings, store, broker, lease.check)
+        _count_run(store, pid, summary.get("result", "done"))
+        return summary
+    except Exception:
+        if not lease.lost.is_set():
+            _count_run(store, pid, "failed")
+        raise
+    finally:
+        lease.stop()
+
+
+def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | None,
+              still_held: Callable[[], None] = _no_check) -> dict[str, Any]:
+    """One active-learning cycle of project ``pid``; ``still_held`` raises if the run lost its lock (see RunLease).
+
+    The writes land in an order that a crash anywhere leaves consistent: a new version is saved aside, its
+    calibration, audit sample and state are recorded, its predictions imported, and only then is it made
+    current in the store and, last, in Label Studio; ``recover`` at the start of the next run puts Label
+    Studio back on the store's current version if a crash fell between those two.
+    """
+    settings = settings.for_project(store.state(pid).get("extra_params"))
+    still_held()
+    store.clean_incomplete(pid)
+    ls = LabelStudioProject(settings.label_studio_url, settings.label_studio_api_key or "", int(pid))
+    recover(pid, ls, store, still_held)
+    schema = LabelSchema.from_xml(ls.label_config())
+    state = store.state(pid)
+    data = read_project(ls.tasks(), schema, set(state.get("machine_task_ids", [])))
+    for p in data.problems:
+        logger.warning("project %s: %s", pid, p)
+    n_human = len(data.labeled)
+    still_held()
+    store.update_state(pid, human_labeled=n_human)
+    current = store.current_version(pid)
+    if n_human < settings.min_labels:
+        if current is None:
+            still_held()
+            ls.set_sampling(UNIFORM)
+        msg = f"{n_human} labeled task(s); training starts at {settings.min_labels} (MIN_LABELS)"
+        logger.info("project %s: %s", pid, msg)
+        return {"result": "waiting_for_labels", "message": msg}
+
+    # Labels whose choice did not depend on the model: the seed set (labeled while no model existed,
+    # under uniform sampling) and the audit samples. Half of the seed set and every audit label are
+    # held out of training so that certification is not judged on images the model has seen.
+    random_ids = set(state.get("random_task_ids", []))
+    if current is None:
+        random_ids |= {tid for tid, _, _ in data.labeled}
+    audit_ids = set(state.get("audit_task_ids", []))
+    calib_ids = {tid for tid, _, _ in data.labeled if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))}
+    still_held()
+    store.update_state(pid, random_task_ids=sorted(random_ids))
+
+    fetcher = ImageFetcher.from_settings(settings, settings.label_studio_url, ls.download_token())
+    labeled_paths = fetch_all(fetcher, [(tid, url) for tid, url, _ in data.labeled])
+    examples = [Example(key=str(tid), source=str(labeled_paths[tid]), labels=labels) for tid, _, labels in data.labeled if tid in labeled_paths]
+    train_set = ExampleSet(schema, [e for e in examples if int(e.key) not in calib_ids])
+    calib_set = [e for e in examples if int(e.key) in calib_ids]
+
+    version = store.new_version_name(pid)
+    t0 = time.perf_counter()
+    result = train(train_set, training_config(settings), progress=False, version=version)
+    model = result.model
+    timings = {"train_s": time.perf_counter() - t0}
+    still_held()
+    store.save_version(pid, model, trained_on={
+        "train": sorted(int(k) for k in result.train_keys), "validation": sorted(int(k) for k in result.val_keys),
+        "calibration": sorted(int(e.key) for e in calib_set), "all": sorted(int(e.key) for e in examples),
+    })
+
+    val_keys = set(result.val_keys)
+    promoted, comparison = should_promote(store, pid, current, model, [e for e in train_set.examples if e.key in val_keys] + calib_set,
+                                          settings.promote_tolerance)
+    if not promoted:
+        logger.info("project %s: %s not promoted: %s", pid, version, comparison)
+        return {"result": "not_promoted", "version": version, "comparison": comparison}
+
+    t0 = time.perf_counter()
+    pool_paths = fetch_all(fetcher, data.unlabeled)
+    pool_examples = [Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths]
+    pool = score_pool(pid, version, pool_examples, settings, store, broker)
+    calib = model.score(calib_set, workers=0) if calib_set else None
+    timings["score_s"] = time.perf_counter() - t0
+
+    rng = np.random.default_rng(zlib.crc32(version.encode()))
+    plan = plan_cycle(
+        PoolView(pool.predicted_loss, pool.probs, pool.embeddings),
+        calib.predicted_loss if calib is not None else np.zeros(0),
+        calib.all_correct() if calib is not None else np.zeros(0, dtype=bool),
+        k=settings.manual_batch, audit_size=settings.audit_size, strategy="loss",
+        target=settings.target_precision, delta=settings.delta, rng=rng,
+    )
+    summary = plan.summary()
+    still_held()
+    write_json_atomic(store.version_dir(pid, version) / CALIBRATION_FILE, {
+        "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
+        "certificate": plan.certificate.to_dict(), "summary": summary,
+    })
+
+    task_ids = np.array([int(k) for k in pool.keys], dtype=np.int64)
+    audit = [int(task_ids[i]) for i in plan.audit]
+    certified = [int(task_ids[i]) for i in plan.automatic]
+    still_held()
+    store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
+
+    t0 = time.perf_counter()
+    items = prediction_items(pool, version, plan.calibrator)
+    still_held()
+    ls.import_predictions([{"task": int(k), **item} for k, item in zip(pool.keys, items)])
+    still_held()
+    store.promote(pid, version)
+    still_held()
+    ls.use_version(version, UNCERTAINTY)
+    score_floor = float(min((items[i]["score"] for i in plan.automatic), default=1.0))
+    # every audit task still waiting for a person, this cycle's and earlier ones', stays out of bulk accept
+    labeled_ids = {tid for tid, _, _ in data.labeled}
+    pending_audit = sorted((audit_ids | set(audit)) - labeled_ids)
+    still_held()
+    update_views(ls, certified_score_floor=score_floor if certified else None, audit_ids=pending_audit)
+    accepted = None
+    if settings.auto_accept and certified:
+        still_held()
+        accepted = accept_band(ls, store, pid, version, certified, plan.certificate)
+    timings["import_s"] = time.perf_counter() - t0
+    still_held()
+    store.modify_state(pid, lambda state: state.setdefault("last_cycle", {}).update(timings=timings))
+    logger.info("project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s", pid, version,
+                len(plan.manual), len(certified), len(audit), len(plan.deferred), timings)
+    return {"result": "promoted", "version": version, "comparison": comparison, "timings": timings, "summary": summary,
+            "accepted": accepted, "n_train": len(result.train_keys),
+            "skipped_images": (len(data.labeled) - len(examples)) + (len(data.unlabeled) - len(pool_examples)) + len(pool.failures)}
+
+
+def recover(pid: str, ls: LabelStudioProject, store: ModelStore, still_held: Callable[[], None]) -> None:
+    """Point Label Studio at the store's current version if a crashed run left it elsewhere.
+
+    A run makes a version current in the store before it sets Label Studio's ``model_version``, so a crash
+    between the two leaves them apart; Label Studio's score and uncertainty sampling would then rank tasks
+    with predictions the served model did not make.
+    """
+    current = store.current_version(pid)
+    if current is None:
+        return
+    shown = ls.project().get("model_version")
+    if shown != current:
+        logger.warning("project %s: Label Studio's model version is %r but the current model is %s (a run stopped "
+                       "between the two); pointing Label Studio at %s", pid, shown, current, current)
+        still_held()
+        ls.use_version(current, UNCERTAINTY)
+
+
+def training_config(settings: Settings) -> TrainConfig:
+    config = TrainConfig.from_file(settings.train_config) if settings.train_config else TrainConfig()
+    if settings.epochs:
+        config.epochs = settings.epochs
+    if settings.image_size:
+        config.image_size = settings.image_size
+    return config
+
+
+def _count_run(store: ModelStore, pid: str, result: str) -> None:
+    def count(state: dict[str, Any]) -> None:
+        runs = state.setdefault("runs", {})
+        runs[result] = runs.get(result, 0) + 1
+
+    store.modify_state(pid, count)

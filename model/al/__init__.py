@@ -1,0 +1,1 @@
+"""Active learning: selection strategies, the cycle planner, certification, calibration, bands."""

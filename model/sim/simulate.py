@@ -1,0 +1,436 @@
+"""The whole active-learning loop against a simulated annotator, for several strategies and seeds.
+
+Per (strategy, seed) run, with the same pool, test set and random seed set for every strategy:
+
+1. a random seed set is labeled; :func:`~model.active_learning.is_calibration_holdout` sends about
+   half of it to calibration only;
+2. each cycle trains the real model (model.training.train) on the training labels, scores the pool
+   and a held-out test set, and plans the cycle (model.active_learning.plan_cycle);
+3. the simulated annotator reveals the manual picks (to training) and the audit sample (to
+   calibration); the certified band, minus the audit, counts as auto-labeled and its precision is
+   measured against the labels nobody revealed.
+
+The annotator reveals the manifest's labels, noise included (manifest.csv of model.synth is "what an
+annotator would say"). Where a truth file exists (model.synth's truth.csv beside the manifest), the
+test set is scored against the truth and the auto-labels are measured against both.
+``calibration_labels="truth"`` models audits by a careful reviewer: the calibration labels (holdout
+and audits) then come from the truth file too.
+
+Auto-labeled images stay in the pool (they never train the model, as in the Label Studio backend
+where machine labels are excluded from training); the automatic band is re-derived every cycle.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_module
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model.al.cycle import is_calibration_holdout, plan_cycle
+from model.al.strategies import STRATEGY_NAMES, PoolView
+from model.data.decoded import DecodedImages
+from model.data.examples import Example, ExampleSet, read_manifest
+from model.schema import LabelSchema
+from model.sim.results import RunTrace, SimulationResult
+from model.training.evaluation import evaluate, mean_macro_f1
+from model.training.scoring import ScoreResult, default_workers
+from model.training.trainer import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_SOURCES = ("annotator", "truth")
+RESULTS_FILE = "results.csv"
+REPORT_FILE = "report.html"
+SPLIT_SEED = 12345  # the pool/test split is the same for every run, so runs differ only in what they choose
+
+
+def default_test_size(pool_size: int) -> int:
+    """Test images beside a pool: a quarter of it, at least 20, at most 2,000."""
+    return min(2000, max(20, pool_size // 4))
+
+
+@dataclass
+class SimulationData:
+    """A pool and a test set of one schema; labels are row-aligned (N, heads) class-index matrices.
+
+    pool_labels are what the simulated annotator reveals; pool_truth / test labels use the truth
+    file when there is one (else they equal the annotator's labels, and has_truth is False).
+    """
+
+    schema: LabelSchema
+    pool: list[Example]
+    pool_labels: np.ndarray
+    pool_truth: np.ndarray
+    test: list[Example]
+    has_truth: bool
+
+    @classmethod
+    def from_examples(cls, data: ExampleSet, truth: dict[str, tuple[int, ...]] | None,
+                      pool_size: int | None = None, test_size: int | None = None) -> "SimulationData":
+        """Split labeled ``data`` at random (fixed seed) into a test set and a pool."""
+        examples = [e for e in data.examples if e.is_labeled]
+        if truth is not None:
+            missing = [e.key for e in examples if e.key not in truth]
+            if missing:
+                raise ValueError(f"the truth file has no row for {len(missing)} image(s), e.g. {missing[:3]}; regenerate it with the manifest")
+        n = len(examples)
+        if test_size is None:
+            test_size = min(default_test_size(pool_size), n - pool_size) if pool_size else min(2000, n // 5)
+        pool_size = pool_size or n - test_size
+        if test_size < 1 or pool_size < 1 or pool_size + test_size > n:
+            raise ValueError(f"need a pool of {pool_size} and a test set of {test_size} images but only {n} labeled images "
+                             f"are usable; generate more (weather-al synth) or lower --pool")
+        order = np.random.default_rng(SPLIT_SEED).permutation(n)
+        test_idx, pool_idx = order[:test_size], order[test_size:test_size + pool_size]
+        truth_of = (lambda e: truth[e.key]) if truth is not None else (lambda e: e.labels)
+        pool = [examples[i] for i in pool_idx]
+        test = [replace(examples[i], labels=tuple(truth_of(examples[i]))) for i in test_idx]
+        heads = len(data.schema.heads)
+        return cls(
+            schema=data.schema, pool=pool,
+            pool_labels=np.array([e.labels for e in pool], dtype=np.int64).reshape(-1, heads),
+            pool_truth=np.array([truth_of(e) for e in pool], dtype=np.int64).reshape(-1, heads),
+            test=test, has_truth=truth is not None,
+        )
+
+    @classmethod
+    def from_manifest(cls, manifest: str | Path, schema: LabelSchema | None = None, truth_path: str | Path | None = None,
+                      pool_size: int | None = None, test_size: int | None = None) -> "SimulationData":
+        """Read ``manifest`` and, by default, ``truth.csv`` beside it when present."""
+        manifest = Path(manifest)
+        schema = schema or LabelSchema.from_file()
+        data = read_manifest(manifest, schema)
+        data.report_problems(str(manifest))
+        truth_path = Path(truth_path) if truth_path else manifest.parent / "truth.csv"
+        truth = None
+        if truth_path.is_file() and truth_path.resolve() != manifest.resolve():
+            truth = {e.key: e.labels for e in read_manifest(truth_path, schema).examples}
+        return cls.from_examples(data, truth, pool_size, test_size)
+
+
+def result_columns(schema: LabelSchema) -> list[str]:
+    heads = schema.head_names
+    return [
+        "strategy", "seed", "cycle", "labels", "train_labels", "calibration_labels", "audit_labels", "labels_by_people",
+        "pool_remaining", "manual", "audit", "automatic", "auto_share", "precision_labels", "precision_truth",
+        "threshold", "lower_bound", "calibration_precision", "more_labels_needed", "expected_accuracy_automatic",
+        *[f"f1_{h}" for h in heads], "macro_f1", *[f"accuracy_{h}" for h in heads], "accuracy", "exact_match",
+        "auroc_loss", "auroc_msp", "spearman_loss", "spearman_msp",
+        "time_train", "time_score", "time_evaluate", "time_select", "time_certify",
+    ]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What every run of one simulation shares, besides the data."""
+
+    seed_size: int
+    k: int
+    cycles: int
+    audit_size: int
+    train_config: TrainConfig
+    holdout_fraction: float
+    target: float
+    delta: float
+    calibration_labels: str
+    batch_size: int
+
+
+def simulate(
+    data: str | Path | SimulationData,
+    strategies: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    pool_size: int | None = None,
+    test_size: int | None = None,
+    seed_size: int = 200,
+    k: int = 100,
+    cycles: int = 10,
+    audit_size: int = 50,
+    train_config: TrainConfig | None = None,
+    holdout_fraction: float = 0.5,
+    target: float = 0.95,
+    delta: float = 0.05,
+    calibration_labels: str = "annotator",
+    batch_size: int = 64,
+    progress: bool = True,
+    report: bool = True,
+    jobs: int = 1,
+) -> SimulationResult:
+    """Run ``cycles`` rounds of active learning per strategy and seed; write results.csv and report.html.
+
+    data: a labeled CSV manifest (truth.csv beside it is used when present; pool_size and test_size
+    split it) or a ready SimulationData. Cycle 0 trains on the seed set's training half; each later cycle adds the previous plan's k
+    manual picks. Every cycle is one row of results.csv, written as soon as it is known.
+
+    The pool and the test set are decoded once (model.decoded_images), not once per cycle. ``jobs``
+    runs that many (strategy, seed) runs side by side in their own processes, each with an equal
+    share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
+    """
+    unknown = [s for s in strategies if s not in STRATEGY_NAMES]
+    if unknown or not strategies:
+        raise ValueError(f"unknown or no strategies {unknown}; choose from {', '.join(STRATEGY_NAMES)}")
+    if calibration_labels not in CALIBRATION_SOURCES:
+        raise ValueError(f"calibration_labels must be one of {CALIBRATION_SOURCES}, got {calibration_labels!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    sim = data if isinstance(data, SimulationData) else SimulationData.from_manifest(data, pool_size=pool_size, test_size=test_size)
+    if calibration_labels == "truth" and not sim.has_truth:
+        raise ValueError("calibration_labels='truth' needs a truth file (truth.csv beside the manifest, as model.synth writes)")
+    if seed_size > len(sim.pool):
+        raise ValueError(f"the seed set ({seed_size}) is larger than the pool ({len(sim.pool)})")
+    config = train_config or TrainConfig()
+    loop = LoopSettings(seed_size=seed_size, k=k, cycles=cycles, audit_size=audit_size, train_config=config,
+                        holdout_fraction=holdout_fraction, target=target, delta=delta,
+                        calibration_labels=calibration_labels, batch_size=batch_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "pool": len(sim.pool), "test": len(sim.test), **{f.name: getattr(loop, f.name) for f in fields(loop)},
+        "train_config": config.to_dict(), "strategies": list(strategies), "seeds": list(seeds), "has_truth": sim.has_truth, "jobs": jobs,
+    }
+    columns = result_columns(sim.schema)
+    results_path = out_dir / RESULTS_FILE
+    runs = [(strategy, seed) for seed in seeds for strategy in strategies]  # seeds outermost: a run cut short still compares every strategy
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(runs) * (cycles + 1), desc="simulate", unit="cycle", disable=not progress)
+    with results_path.open("w", newline="", encoding="utf-8") as fh, tempfile.TemporaryDirectory(dir=out_dir, prefix=".decoded-") as tmp:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+
+        def record(row: dict[str, Any]) -> None:
+            rows.append(row)
+            writer.writerow({c: _csv_value(row.get(c)) for c in columns})
+            fh.flush()
+            bar.set_postfix(strategy=row["strategy"], seed=row["seed"], cycle=row["cycle"])
+            bar.update()
+
+        workers = default_workers() if config.workers is None else config.workers
+        n_images = len(sim.pool) + len(sim.test)
+        logger.info("decoding the %d pool and test images once into %s (%.0f MB, removed at the end)",
+                    n_images, tmp, n_images * 3 * config.image_size ** 2 / 1e6)
+        decoded = DecodedImages.decode(sim.pool + sim.test, config.image_size, Path(tmp) / "pixels.npy",
+                                       workers=max(workers, min(jobs, os.cpu_count() or 1) - 1), progress=progress)
+        if jobs == 1:
+            traces = [_run(sim, strategy, seed, loop, decoded, record) for strategy, seed in runs]
+        else:
+            traces = _run_in_parallel(sim, runs, loop, decoded, jobs, record)
+    bar.close()
+    order = {run: i for i, run in enumerate(runs)}
+    rows.sort(key=lambda r: (order[(r["strategy"], r["seed"])], r["cycle"]))
+    result = SimulationResult(rows=rows, traces=traces, settings=settings, results_path=results_path, columns=columns)
+    if report:
+        from model.sim.report import write_report
+
+        result.report_path = write_report(result, out_dir / REPORT_FILE)
+    return result
+
+
+def _run(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages,
+         emit: Callable[[dict[str, Any]], None]) -> RunTrace:
+    """One (strategy, seed) run: ``emit`` gets each cycle's row as soon as it is known."""
+    run = _Run(sim, strategy, seed, loop, decoded)
+    for cycle in range(loop.cycles + 1):
+        emit(run.cycle(cycle))
+        if cycle < loop.cycles:
+            run.reveal()
+    return run.trace()
+
+
+_rows_queue: Any = None  # in a worker process of _run_in_parallel: where its rows go
+
+
+def _start_worker(queue: Any, threads: int) -> None:
+    global _rows_queue
+    _rows_queue = queue
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages) -> RunTrace:
+    return _run(sim, strategy, seed, loop, decoded, _rows_queue.put)
+
+
+def _run_in_parallel(sim: SimulationData, runs: list[tuple[str, int]], loop: LoopSettings, decoded: DecodedImages,
+                     jobs: int, record: Callable[[dict[str, Any]], None]) -> list[RunTrace]:
+    """Runs in ``jobs`` spawned processes (CUDA cannot be forked); rows are recorded as they arrive.
+
+    A run that fails stops the others at once and its error is raised here.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ctx.Pool(min(jobs, len(runs)), initializer=_start_worker, initargs=(queue, threads))
+    try:
+        pending = [pool.apply_async(_run_in_worker, (sim, strategy, seed, loop, decoded)) for strategy, seed in runs]
+        while not all(p.ready() for p in pending):
+            _drain(queue, record, timeout=0.5)
+            for p in pending:
+                if p.ready() and not p.successful():
+                    p.get()  # raises the run's error
+        traces = [p.get() for p in pending]
+        _drain(queue, record, timeout=0.5)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return traces
+
+
+def _drain(queue: Any, record: Callable[[dict[str, Any]], None], timeout: float) -> None:
+    """Record every row waiting in ``queue``, waiting up to ``timeout`` for the first."""
+    try:
+        row = queue.get(timeout=timeout)
+        while True:
+            record(row)
+            row = queue.get_nowait()
+    except queue_module.Empty:
+        pass
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return round(value, 6) if isinstance(value, float) else value
+
+
+class _Run:
+    """The state of one (strategy, seed) run: which pool images are labeled, and for what."""
+
+    def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages) -> None:
+        self.sim, self.strategy, self.seed, self.loop, self.decoded = sim, strategy, seed, loop, decoded
+        seed_ids = np.random.default_rng(seed).choice(len(sim.pool), size=loop.seed_size, replace=False)  # same for every strategy
+        held = np.array([is_calibration_holdout(sim.pool[i].key, loop.holdout_fraction) for i in seed_ids], dtype=bool)
+        self.train_ids: list[int] = [int(i) for i in seed_ids[~held]]
+        self.holdout_ids: list[int] = [int(i) for i in seed_ids[held]]
+        self.audit_ids: list[int] = []
+        self.n_seed = loop.seed_size
+        self.n_manual = 0
+        self.calib_truth = loop.calibration_labels == "truth"
+        self.rng = np.random.default_rng([seed, zlib.crc32(strategy.encode())])
+        self.audit_draws: list[tuple[np.ndarray, int]] = []
+        self.pending: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, int]] | None = None
+        self.last: dict[str, Any] = {}
+
+    def cycle(self, cycle: int) -> dict[str, Any]:
+        sim, loop, config, decoded = self.sim, self.loop, self.loop.train_config, self.decoded
+        if len(self.train_ids) < 2:
+            raise ValueError(f"only {len(self.train_ids)} seed labels are left for training after the calibration holdout; "
+                             f"raise the seed set size")
+        row: dict[str, Any] = {
+            "strategy": self.strategy, "seed": self.seed, "cycle": cycle, "labels": self.n_seed + self.n_manual,
+            "train_labels": len(self.train_ids), "calibration_labels": len(self.holdout_ids) + len(self.audit_ids),
+            "audit_labels": len(self.audit_ids), "labels_by_people": self.n_seed + self.n_manual + len(self.audit_ids),
+        }
+        t0 = time.perf_counter()
+        run_config = replace(config, seed=config.seed + 1000 * self.seed + cycle)
+        model = train(ExampleSet(sim.schema, [sim.pool[i] for i in self.train_ids]), run_config, progress=False,
+                      version=f"{self.strategy}-seed{self.seed}-cycle{cycle}", decoded=decoded).model
+        row["time_train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        scored = model.score(sim.pool, batch_size=loop.batch_size, workers=config.workers, decoded=decoded)
+        loss, pred, probs, embeddings = _in_pool_order(scored, sim.pool)
+        row["time_score"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        test_scored = model.score(sim.test, batch_size=loop.batch_size, workers=config.workers, decoded=decoded)
+        metrics = evaluate(test_scored)
+        row["time_evaluate"] = time.perf_counter() - t0
+        row.update(_test_columns(metrics))
+
+        correct_labels = (pred == sim.pool_labels).all(axis=1)
+        correct_truth = (pred == sim.pool_truth).all(axis=1)
+        correct_calib = correct_truth if self.calib_truth else correct_labels
+        calib = np.array(self.holdout_ids + self.audit_ids, dtype=np.int64)
+        calib = calib[np.isfinite(loss[calib])]
+        labeled = np.zeros(len(sim.pool), dtype=bool)
+        labeled[self.train_ids + self.holdout_ids + self.audit_ids] = True
+        unlabeled = np.flatnonzero(~labeled & np.isfinite(loss))
+        view = PoolView(loss[unlabeled], {h: p[unlabeled] for h, p in probs.items()}, embeddings[unlabeled])
+        plan = plan_cycle(view, loss[calib], correct_calib[calib], k=loop.k, audit_size=loop.audit_size, strategy=self.strategy,
+                          target=loop.target, delta=loop.delta, rng=self.rng)
+        manual, audit, auto = unlabeled[plan.manual], unlabeled[plan.audit], unlabeled[plan.automatic]
+        remaining = len(unlabeled) - len(manual) - len(audit)
+        cert = plan.certificate
+        est = plan.estimates.get("automatic")
+        row.update({
+            "pool_remaining": remaining, "manual": len(manual), "audit": len(audit), "automatic": len(auto),
+            "auto_share": len(auto) / remaining if remaining else float("nan"),
+            "precision_labels": float(correct_labels[auto].mean()) if len(auto) else float("nan"),
+            "precision_truth": float(correct_truth[auto].mean()) if len(auto) and sim.has_truth else float("nan"),
+            "threshold": cert.threshold, "lower_bound": cert.lower_bound, "calibration_precision": cert.precision,
+            "more_labels_needed": cert.more_labels_needed,
+            "expected_accuracy_automatic": est.expected_accuracy if est is not None else None,
+            "time_select": plan.timings["select"], "time_certify": plan.timings["certify"],
+        })
+        self.pending = (manual, audit, (unlabeled[plan.audit_candidates], loop.audit_size))
+        self.last = {"loss": loss, "correct_calibration": correct_calib, "correct_labels": correct_labels, "correct_truth": correct_truth,
+                     "test_loss": test_scored.predicted_loss, "test_true_loss": test_scored.true_loss()}
+        return row
+
+    def reveal(self) -> None:
+        """The simulated annotator labels the last plan's picks: manual ones train, audited ones calibrate."""
+        manual, audit, draw = self.pending
+        self.train_ids += [int(i) for i in manual]
+        self.audit_ids += [int(i) for i in audit]
+        self.n_manual += len(manual)
+        self.audit_draws.append(draw)
+
+    def trace(self) -> RunTrace:
+        """The last model's view: labels as that model's plan saw them (its own picks are not revealed)."""
+        last = self.last
+        return RunTrace(
+            strategy=self.strategy, seed=self.seed, pool_loss=last["loss"], correct_calibration=last["correct_calibration"],
+            correct_labels=last["correct_labels"], correct_truth=last["correct_truth"],
+            train_ids=np.array(self.train_ids, dtype=np.int64), holdout_ids=np.array(self.holdout_ids, dtype=np.int64),
+            audit_ids=np.array(self.audit_ids, dtype=np.int64), audit_draws=list(self.audit_draws),
+            test_predicted_loss=last["test_loss"], test_true_loss=last["test_true_loss"],
+        )
+
+
+def _in_pool_order(scored: ScoreResult, pool: list[Example]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Predicted loss, predicted class per head, probabilities and embeddings, row-aligned with ``pool``.
+
+    An unreadable image (absent from ``scored``) gets NaN loss, class -1, uniform probabilities and a
+    zero embedding; callers leave NaN-loss images out of every band.
+    """
+    position = {e.key: i for i, e in enumerate(pool)}
+    index = np.array([position[key] for key in scored.keys], dtype=np.int64)
+    n = len(pool)
+    loss = np.full(n, np.nan)
+    loss[index] = scored.predicted_loss
+    pred = np.full((n, len(scored.schema.heads)), -1, dtype=np.int64)
+    probs = {}
+    for j, (h, p) in enumerate(scored.probs.items()):
+        probs[h] = np.full((n, p.shape[1]), 1.0 / p.shape[1])
+        probs[h][index] = p
+        pred[index, j] = p.argmax(axis=1)
+    emb = np.zeros((n, scored.embeddings.shape[1]), dtype=np.float32)
+    emb[index] = scored.embeddings
+    return loss, pred, probs, emb
+
+
+def _test_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    heads = metrics["heads"]
+    lm = metrics["loss_module"]
+    out: dict[str, Any] = {f"f1_{h}": m["macro_f1"] for h, m in heads.items()}
+    out.update({f"accuracy_{h}": m["accuracy"] for h, m in heads.items()})
+    out["macro_f1"] = mean_macro_f1(metrics)
+    out["accuracy"] = float(np.mean([m["accuracy"] for m in heads.values()]))
+    out["exact_match"] = 1.0 - lm["error_rate"]
+    out.update({"auroc_loss": lm["auroc"], "auroc_msp": lm["msp_auroc"], "spearman_loss": lm["spearman"], "spearman_msp": lm["msp_spearman"]})
+    return out

@@ -1,0 +1,1 @@
+"""Training, evaluation, scoring a pool, and hyperparameter search."""

@@ -1,0 +1,166 @@
+"""A training run's cycle with a fake Label Studio: lock loss, crash recovery, human labels, project settings.
+
+Issue 11 items 5 (a person's label always wins and trains), 7 (a run that lost its lock writes nothing) and
+14 (a crash at any write leaves Label Studio's model version and the store's CURRENT agreeing after recovery).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from tiny_data import write_tiny_set
+
+from backend.queue import Broker
+from backend.settings import Settings, get_settings
+from backend.store import ModelStore
+from backend.worker import cycle as jobs
+from backend.worker.cycle import run_cycle
+from backend.worker.lease import LockLost, RunLease
+from backend.worker.project_data import read_project
+from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
+from model.training.trainer import TrainConfig
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SCHEMA = LabelSchema.from_file()
+WRITES = ["import_predictions", "promote", "use_version"]
+
+
+def annotation(aid: int, labels: dict[str, str], updated_at: str, parent_prediction: int | None = None,
+               updated_by: int | None = None) -> dict:
+    return {"id": aid, "updated_at": updated_at, "created_at": updated_at, "parent_prediction": parent_prediction,
+            "updated_by": updated_by, "result": [{"type": "choices", "from_name": h, "to_name": SCHEMA.image_name,
+                                                  "value": {"choices": [v]}} for h, v in labels.items()]}
+
+
+class FakeLabelStudio:
+    """The calls a cycle makes; ``fail_at`` names the write that raises (a crash there)."""
+
+    def __init__(self, tasks: list[dict], fail_at: str | None = None) -> None:
+        self.tasks_ = tasks
+        self.fail_at = fail_at
+        self.model_version: str | None = None
+        self.imported: list[dict] = []
+
+    def label_config(self) -> str:
+        return DEFAULT_LABEL_CONFIG.read_text()
+
+    def tasks(self) -> list[dict]:
+        return self.tasks_
+
+    def project(self) -> dict:
+        return {"model_version": self.model_version}
+
+    def download_token(self) -> str:
+        return "token"
+
+    def set_sampling(self, sampling: str) -> None:
+        pass
+
+    def import_predictions(self, predictions: list[dict]) -> None:
+        self._maybe_fail("import_predictions")
+        self.imported += predictions
+
+    def use_version(self, version: str, sampling: str) -> None:
+        self._maybe_fail("use_version")
+        self.model_version = version
+
+    def _maybe_fail(self, step: str) -> None:
+        if self.fail_at == step:
+            self.fail_at = None
+            raise RuntimeError(f"crash at {step}")
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """Project 3: 14 labeled and 6 unlabeled tiny images, tiny training, images read from disk."""
+    data = write_tiny_set(tmp_path / "imgs", 20)
+    heads = [h.name for h in SCHEMA.heads]
+    tasks = [{"id": i + 1, "data": {SCHEMA.image_key: str(data.root / rel)},
+              "annotations": [annotation(100 + i, dict(zip(heads, (tod, wx))), "2026-01-01T00:00:00Z")]
+              if i < 14 else []}
+             for i, (rel, tod, wx) in enumerate(data.rows)]
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+    monkeypatch.setattr(jobs, "training_config", lambda s: TrainConfig(image_size=48, epochs=1, min_steps=3, workers=0))
+    monkeypatch.setattr(jobs, "fetch_all", lambda fetcher, items: {tid: Path(url) for tid, url in items})
+    monkeypatch.setattr(jobs, "update_views", lambda *a, **k: {})
+    fake = FakeLabelStudio(tasks)
+    monkeypatch.setattr(jobs, "LabelStudioProject", lambda *a: fake)
+    settings = Settings(model_dir=tmp_path / "models", min_labels=5, manual_batch=2, audit_size=1,
+                        label_studio_api_key=None)
+    yield fake, settings, ModelStore(tmp_path / "models")
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("step", WRITES)
+def test_a_crash_at_any_write_leaves_label_studio_and_current_agreeing_after_recovery(project, monkeypatch, step):
+    fake, settings, store = project
+    first = run_cycle("3", settings, store, None)
+    assert fake.model_version == store.current_version("3") == first["version"]
+    real_promote = ModelStore.promote
+
+    def promote(self, *args):
+        fake._maybe_fail("promote")
+        real_promote(self, *args)
+
+    monkeypatch.setattr(ModelStore, "promote", promote)
+    monkeypatch.setattr(jobs, "should_promote", lambda *a: (True, {"reason": "test"}))
+    fake.fail_at = step
+    with pytest.raises(RuntimeError, match=f"crash at {step}"):
+        run_cycle("3", settings, store, None)
+    current = store.current_version("3")
+    # the new version's audit sample and state were recorded before anything pointed at it
+    assert store.state("3")["last_cycle"]["version"] != first["version"]
+    monkeypatch.setattr(jobs, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop after recovery")))
+    with pytest.raises(RuntimeError, match="stop after recovery"):
+        run_cycle("3", settings, store, None)
+    assert fake.model_version == store.current_version("3") == current
+
+
+def test_a_run_that_lost_its_lock_writes_nothing(project):
+    fake, settings, store = project
+    broker = Broker(REDIS_URL)
+    if not broker.ping():
+        pytest.fail(f"this test needs a real Redis at {REDIS_URL}")
+    broker.conn.flushdb()
+    lease = RunLease(broker.lock("3", 8), 8, "3")
+    assert lease.lock.acquire(blocking=False)
+    lease.start()
+    broker.conn.delete("weather-al:3:lock")  # expired, as after a long Redis outage; another run may take it
+    deadline = time.monotonic() + 5
+    while not lease.lost.is_set() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(LockLost, match="lock was lost"):
+        run_cycle("3", settings, store, broker, lease.check)
+    lease.stop()
+    assert store.current_version("3") is None and fake.model_version is None and not fake.imported
+    assert not [d for d in store.project_dir("3").iterdir() if d.is_dir()]
+    broker.conn.flushdb()
+
+
+def test_project_extra_params_apply_to_its_runs(project):
+    fake, settings, store = project
+    store.update_state("3", extra_params={"MIN_LABELS": 50})
+    out = run_cycle("3", settings, store, None)
+    assert out["result"] == "waiting_for_labels" and "50" in out["message"]
+
+
+def test_a_persons_label_wins_over_a_machine_one_and_trains(caplog):
+    first, second = ({h.name: h.classes[i] for h in SCHEMA.heads} for i in (0, 1))
+    person = annotation(1, first, "2026-01-01T10:00:00Z")
+    machine = annotation(2, second, "2026-01-01T11:00:00Z", parent_prediction=9)
+    edited = {**machine, "id": 3, "updated_by": 4, "updated_at": "2026-01-01T12:00:00Z"}
+    tasks = [{"id": 1, "data": {SCHEMA.image_key: "/a.jpg"}, "annotations": [person, machine]},   # converted after
+             {"id": 2, "data": {SCHEMA.image_key: "/b.jpg"}, "annotations": [machine, person]},
+             {"id": 3, "data": {SCHEMA.image_key: "/c.jpg"}, "annotations": [machine]},           # bulk accept only
+             {"id": 4, "data": {SCHEMA.image_key: "/d.jpg"}, "annotations": [person, edited]}]    # a person saved it
+    with caplog.at_level(logging.WARNING):
+        data = read_project(tasks, SCHEMA, machine_ids={1, 2, 3, 4})
+    labeled = {tid: labels for tid, _, labels in data.labeled}
+    assert labeled == {1: (0, 0), 2: (0, 0), 4: (1, 1)}
+    assert not data.unlabeled
+    assert "[1, 2]" in caplog.text and "person's trains" in caplog.text
