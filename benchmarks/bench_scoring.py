@@ -8,7 +8,7 @@ alike. The issue's target: pipeline >= 0.8 x backbone. Beside wall-clock rates i
 image (this process plus its reaped DataLoader workers): their ratio is what the wall ratio tends to
 when the cores are saturated, and it barely moves when other jobs share the machine.
 
-A last row scores pixels decoded beforehand (model.decoded_images), as ``weather-al simulate`` does
+A last row scores pixels decoded beforehand (model.data.decoded), as ``weather-al simulate`` does
 after its one decode pass.
 
 Set OMP_WAIT_POLICY=PASSIVE when the machine is shared: spinning OpenMP threads make 2-thread figures
@@ -163,7 +163,7 @@ def main() -> None:
         rows.append([f"threads {default_threads}, decoded once", bare[0], pipe[0], pipe[0] / bare[0], bare[1], pipe[1], bare[1] / pipe[1]])
     print()
     print(table(["setting", "backbone img/s", "pipeline img/s", "ratio", "backbone CPU ms/img", "pipeline CPU ms/img", "CPU ratio"], rows))
-    print(f"'decoded once' scores pixels decoded beforehand (model.decoded_images, as `simulate` does every cycle); "
+    print(f"'decoded once' scores pixels decoded beforehand (model.data.decoded, as `simulate` does every cycle); "
           f"that decode pass took {decode_ms:.1f} ms per image, wall")
     best_pipe, threads, workers, _ = max(results)
     best_bare = max(r[3] for r in results)

@@ -218,7 +218,7 @@ class ImageDataset(Dataset):
     batch; JPEG draft mode makes the decoder produce about ``image_size`` pixels directly. With
     ``decoded`` (a :class:`model.data.decoded.DecodedImages` of the same size) the images it holds
     are taken from it instead of being read again. ``transform`` maps the squashed uint8 pixels to the
-    network's input (model.augment); None keeps the uint8 pixels.
+    network's input (model.data.transforms); None keeps the uint8 pixels.
     """
 
     def __init__(self, examples: list[Example], transform: Callable[[torch.Tensor], torch.Tensor] | None, image_size: int,

@@ -2,7 +2,7 @@
 
 Every image is first squashed to ``image_size`` x ``image_size`` (:func:`squash`), the one step that
 depends on the file; the transforms below start from that uint8 tensor, so images decoded once and
-kept (model.decoded_images) go through exactly the same steps as images read from disk.
+kept (model.data.decoded) go through exactly the same steps as images read from disk.
 
 Allowed: horizontal flip, random resized crop, small rotation, mild blur, sensor noise, JPEG artefacts.
 Left out on purpose: strong brightness, hue or contrast changes (they turn day into dusk and dusk into

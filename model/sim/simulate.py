@@ -2,16 +2,16 @@
 
 Per (strategy, seed) run, with the same pool, test set and random seed set for every strategy:
 
-1. a random seed set is labeled; :func:`~model.active_learning.is_calibration_holdout` sends about
+1. a random seed set is labeled; :func:`~model.al.cycle.is_calibration_holdout` sends about
    half of it to calibration only;
 2. each cycle trains the real model (model.training.train) on the training labels, scores the pool
-   and a held-out test set, and plans the cycle (model.active_learning.plan_cycle);
+   and a held-out test set, and plans the cycle (model.al.cycle.plan_cycle);
 3. the simulated annotator reveals the manual picks (to training) and the audit sample (to
    calibration); the certified band, minus the audit, counts as auto-labeled and its precision is
    measured against the labels nobody revealed.
 
-The annotator reveals the manifest's labels, noise included (manifest.csv of model.synth is "what an
-annotator would say"). Where a truth file exists (model.synth's truth.csv beside the manifest), the
+The annotator reveals the manifest's labels, noise included (manifest.csv of model.sim.scenes is "what an
+annotator would say"). Where a truth file exists (model.sim.scenes's truth.csv beside the manifest), the
 test set is scored against the truth and the auto-labels are measured against both.
 ``calibration_labels="truth"`` models audits by a careful reviewer: the calibration labels (holdout
 and audits) then come from the truth file too.
@@ -175,7 +175,7 @@ def simulate(
     split it) or a ready SimulationData. Cycle 0 trains on the seed set's training half; each later cycle adds the previous plan's k
     manual picks. Every cycle is one row of results.csv, written as soon as it is known.
 
-    The pool and the test set are decoded once (model.decoded_images), not once per cycle. ``jobs``
+    The pool and the test set are decoded once (model.data.decoded), not once per cycle. ``jobs``
     runs that many (strategy, seed) runs side by side in their own processes, each with an equal
     share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
     """
@@ -188,7 +188,7 @@ def simulate(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     sim = data if isinstance(data, SimulationData) else SimulationData.from_manifest(data, pool_size=pool_size, test_size=test_size)
     if calibration_labels == "truth" and not sim.has_truth:
-        raise ValueError("calibration_labels='truth' needs a truth file (truth.csv beside the manifest, as model.synth writes)")
+        raise ValueError("calibration_labels='truth' needs a truth file (truth.csv beside the manifest, as model.sim.scenes writes)")
     if seed_size > len(sim.pool):
         raise ValueError(f"the seed set ({seed_size}) is larger than the pool ({len(sim.pool)})")
     config = train_config or TrainConfig()

@@ -95,7 +95,7 @@ def inference_loader(
 
     ``persistent`` keeps its worker processes alive between passes, for a set scored again and again
     (the validation split after every epoch); ``decoded``: images already decoded at ``image_size``
-    (model.decoded_images), taken from there.
+    (model.data.decoded), taken from there.
     """
     workers = default_workers() if workers is None else workers
     if len(examples) <= 2 * batch_size:

@@ -192,7 +192,7 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
           decoded: DecodedImages | None = None) -> TrainResult:
     """Train on the labeled examples of ``data``; returns the best model on the validation split.
 
-    ``decoded``: images already decoded at ``config.image_size`` (model.decoded_images), taken from there.
+    ``decoded``: images already decoded at ``config.image_size`` (model.data.decoded), taken from there.
     """
     config = config or TrainConfig()
     seed_everything(config.seed)

@@ -26,7 +26,7 @@ Settings, and why they differ from the defaults (for speed on 2 CPU cores, and a
 - Scenes: 300 synthetic scenes, day or night (no dusk), clear weather, no label noise: easy enough
   that such a model is ~95% right, so that a certified band exists. 150 of them are the random seed
   set, labeled through the API before the backend is connected; half of those are held out for
-  calibration (model.active_learning.is_calibration_holdout).
+  calibration (model.al.cycle.is_calibration_holdout).
 - TRAIN_CONFIG is read at every run: the first model (Start Training) trains for 5 optimizer steps
   and the retrain for 100, so that the retrain is clearly better and is promoted (the backend makes
   a model current only when it is not worse on labels neither model trained on; two models trained

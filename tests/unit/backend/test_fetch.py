@@ -1,4 +1,4 @@
-"""Tests for backend.fetch: the token reaches Label Studio's origin only, caps and timeouts hold, local
+"""Tests for backend.labelstudio.fetch: the token reaches Label Studio's origin only, caps and timeouts hold, local
 paths stay inside the document root, and downloads are cached.
 
 Two real HTTP servers on 127.0.0.1 (different ports, hence different origins) record the

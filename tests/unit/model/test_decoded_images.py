@@ -1,4 +1,4 @@
-"""Images decoded once (model.decoded_images) give exactly what reading the files gives: scores, training, failures."""
+"""Images decoded once (model.data.decoded) give exactly what reading the files gives: scores, training, failures."""
 
 from __future__ import annotations
 

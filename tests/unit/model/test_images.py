@@ -1,4 +1,4 @@
-"""Tests for model.images: every bad input is a clean ImageError, every mode comes back RGB."""
+"""Tests for model.data.images: every bad input is a clean ImageError, every mode comes back RGB."""
 
 from __future__ import annotations
 

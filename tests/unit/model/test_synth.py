@@ -1,4 +1,4 @@
-"""Tests for model.synth: labels, label noise, file formats, determinism and basic realism."""
+"""Tests for model.sim.scenes: labels, label noise, file formats, determinism and basic realism."""
 
 from __future__ import annotations
 
