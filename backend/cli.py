@@ -16,8 +16,12 @@ from model.schema import SchemaError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weather-al", description="Active-learning image classification for Label Studio")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="logging level (default: LOG_LEVEL or INFO)")
+    parser = argparse.ArgumentParser(
+        prog="weather-al", description="Active-learning image classification for Label Studio"
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="logging level (default: LOG_LEVEL or INFO)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     model_cli.add_commands(sub)
     sub.choices["analyze"].set_defaults(read_project=read_project_export)  # --project reads a live project
@@ -26,35 +30,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the ML backend (web process; embeds Redis and a worker when REDIS_URL is unset)")
+    p = sub.add_parser(
+        "serve", help="run the ML backend (web process; embeds Redis and a worker when REDIS_URL is unset)"
+    )
     p.add_argument("--port", type=int, default=None, help="default: PORT or 9090")
     p.add_argument("--no-worker", action="store_true", help="do not start a worker beside the web process")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("worker", help="run a training worker on REDIS_URL (any number, on any machine sharing MODEL_DIR)")
+    p = sub.add_parser(
+        "worker", help="run a training worker on REDIS_URL (any number, on any machine sharing MODEL_DIR)"
+    )
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("connect", help="connect a Label Studio project to this backend")
-    p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL"), help="Label Studio URL (default: LABEL_STUDIO_URL)")
+    p.add_argument(
+        "--url", default=os.environ.get("LABEL_STUDIO_URL"), help="Label Studio URL (default: LABEL_STUDIO_URL)"
+    )
     p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="default: LABEL_STUDIO_API_KEY")
     p.add_argument("--project", required=True, type=int)
-    p.add_argument("--backend-url", required=True, help="the URL Label Studio reaches this backend at, e.g. http://localhost:9090")
+    p.add_argument(
+        "--backend-url", required=True, help="the URL Label Studio reaches this backend at, e.g. http://localhost:9090"
+    )
     p.add_argument("--title", default="weather-al")
-    p.add_argument("--local-storage", type=Path, default=None, help="absolute folder under LOCAL_FILES_DOCUMENT_ROOT to attach as Local Storage")
+    p.add_argument(
+        "--local-storage",
+        type=Path,
+        default=None,
+        help="absolute folder under LOCAL_FILES_DOCUMENT_ROOT to attach as Local Storage",
+    )
     p.set_defaults(func=_cmd_connect)
 
-    p = sub.add_parser("demo", help="the whole loop on this machine: Label Studio, Redis, backend, worker, synthetic scenes")
-    p.add_argument("--workdir", type=Path, default=Path("demo_data"), help="where everything is kept (default ./demo_data)")
+    p = sub.add_parser(
+        "demo", help="the whole loop on this machine: Label Studio, Redis, backend, worker, synthetic scenes"
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=Path("demo_data"), help="where everything is kept (default ./demo_data)"
+    )
     p.add_argument("--n", type=int, default=600, help="synthetic scenes in the project (default 600)")
     p.add_argument("--seed-size", type=int, default=100, help="random seed set labeled first (default 100)")
     p.add_argument("--k", type=int, default=50, help="tasks people label per cycle (default 50)")
     p.add_argument("--cycles", type=int, default=0, help="unattended cycles after the first training (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the training default)")
-    p.add_argument("--no-wait", action="store_true", help="stop everything after the cycles instead of waiting for a person")
-    p.add_argument("--label-studio-url", default=None, help="use this running Label Studio instead of starting one "
-                   "(with LABEL_STUDIO_API_KEY and --document-root)")
-    p.add_argument("--document-root", type=Path, default=None, help="with --label-studio-url: its LOCAL_FILES_DOCUMENT_ROOT")
+    p.add_argument(
+        "--no-wait", action="store_true", help="stop everything after the cycles instead of waiting for a person"
+    )
+    p.add_argument(
+        "--label-studio-url",
+        default=None,
+        help="use this running Label Studio instead of starting one (with LABEL_STUDIO_API_KEY and --document-root)",
+    )
+    p.add_argument(
+        "--document-root", type=Path, default=None, help="with --label-studio-url: its LOCAL_FILES_DOCUMENT_ROOT"
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("undo-accept", help="take back a bulk accept of certified predictions by its record id")
@@ -88,7 +116,9 @@ def _cmd_connect(args: argparse.Namespace) -> None:
     s = get_settings()
     auth = (s.basic_auth_user, s.basic_auth_pass) if s.basic_auth_enabled else None
     out = connect(args.url, args.api_key, args.project, args.backend_url, args.title, args.local_storage, auth)
-    print(f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, uniform sampling until the first model")
+    print(
+        f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, uniform sampling until the first model"
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -98,10 +128,20 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     if args.label_studio_url:
         key = os.environ.get("LABEL_STUDIO_API_KEY")
         if not key or not args.document_root:
-            raise model_cli.UsageError("--label-studio-url needs LABEL_STUDIO_API_KEY (its token) and --document-root (its LOCAL_FILES_DOCUMENT_ROOT)")
+            raise model_cli.UsageError(
+                "--label-studio-url needs LABEL_STUDIO_API_KEY (its token) and --document-root (its LOCAL_FILES_DOCUMENT_ROOT)"
+            )
         label_studio = RunningLabelStudio(args.label_studio_url.rstrip("/"), key, args.document_root.resolve())
-    run_demo(args.workdir, n=args.n, seed_size=args.seed_size, cycles=args.cycles, wait=not args.no_wait, k=args.k, epochs=args.epochs,
-             label_studio=label_studio)
+    run_demo(
+        args.workdir,
+        n=args.n,
+        seed_size=args.seed_size,
+        cycles=args.cycles,
+        wait=not args.no_wait,
+        k=args.k,
+        epochs=args.epochs,
+        label_studio=label_studio,
+    )
 
 
 def _cmd_undo_accept(args: argparse.Namespace) -> None:
@@ -115,13 +155,17 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
     store = ModelStore(s.model_dir, s.redis_url)
     if not args.record:
         for r in list_accepts(store, str(args.project)):
-            print(f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}")
+            print(
+                f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}"
+            )
         return
     ls = LabelStudioProject(s.label_studio_url, s.label_studio_api_key or "", args.project)
     outcome = undo_accept(ls, store, str(args.project), args.record)
     print(f"deleted {outcome['deleted']} machine annotation(s) of record {args.record}")
     if outcome["kept"]:
-        print(f"kept the annotations of {len(outcome['kept'])} task(s) a person saved after the accept: {outcome['kept']}")
+        print(
+            f"kept the annotations of {len(outcome['kept'])} task(s) a person saved after the accept: {outcome['kept']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

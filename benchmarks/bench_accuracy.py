@@ -74,18 +74,25 @@ def main() -> None:
     by_truth = evaluate(scored)
 
     epochs_run = len(result.history)
-    print(f"\n# synthetic scenes seed 0: {args.n_train} train ({result.model.meta['n_train']} after the split and "
-          f"undersampling), {len(scored)} held out; {config.backbone} at {args.image_size} px, "
-          f"{result.model.meta['trainable_stages']} stage(s) trainable, {epochs_run} epoch(s) (best {result.model.metrics['best_epoch']}); "
-          f"training {train_s / 60:.1f} min, scoring {len(scored) / score_s:.0f} img/s")
+    print(
+        f"\n# synthetic scenes seed 0: {args.n_train} train ({result.model.meta['n_train']} after the split and "
+        f"undersampling), {len(scored)} held out; {config.backbone} at {args.image_size} px, "
+        f"{result.model.meta['trainable_stages']} stage(s) trainable, {epochs_run} epoch(s) (best {result.model.metrics['best_epoch']}); "
+        f"training {train_s / 60:.1f} min, scoring {len(scored) / score_s:.0f} img/s"
+    )
     rows = []
     for h in schema.head_names:
         a, t = by_labels["heads"][h], by_truth["heads"][h]
-        rows.append([h, a["accuracy"], a["macro_f1"], t["accuracy"], t["macro_f1"], "yes" if t["macro_f1"] >= TARGET else "NO"])
+        rows.append(
+            [h, a["accuracy"], a["macro_f1"], t["accuracy"], t["macro_f1"], "yes" if t["macro_f1"] >= TARGET else "NO"]
+        )
     print(table(["head", "acc (labels)", "macro-F1 (labels)", "acc (truth)", "macro-F1 (truth)", f">= {TARGET}"], rows))
     for h in schema.head_names:
         per = by_truth["heads"][h]["per_class"]
-        print(f"  {h}: " + ", ".join(f"{c} P {v['precision']:.2f} R {v['recall']:.2f} (n={v['support']})" for c, v in per.items()))
+        print(
+            f"  {h}: "
+            + ", ".join(f"{c} P {v['precision']:.2f} R {v['recall']:.2f} (n={v['support']})" for c, v in per.items())
+        )
 
     print("\n# loss module vs max-softmax on the held-out scenes (errors = some head wrong)")
     rows = []
@@ -93,9 +100,18 @@ def main() -> None:
         rows.append([name, m["error_rate"], m["auroc"], m["msp_auroc"], m["spearman"], m["msp_spearman"]])
     print(table(["judged against", "error rate", "AUROC loss", "AUROC MSP", "Spearman loss", "Spearman MSP"], rows))
     print("\n# per-epoch history")
-    print(table(["epoch", "loss", "rank loss", "val macro-F1", "img/s"],
-                [[r["epoch"], r["loss"], r["rank_loss"], r.get("val_macro_f1", float("nan")), r["images_per_s"]] for r in result.history]))
-    (args.data / "accuracy.json").write_text(json.dumps({"labels": by_labels, "truth": by_truth, "history": result.history}, indent=2))
+    print(
+        table(
+            ["epoch", "loss", "rank loss", "val macro-F1", "img/s"],
+            [
+                [r["epoch"], r["loss"], r["rank_loss"], r.get("val_macro_f1", float("nan")), r["images_per_s"]]
+                for r in result.history
+            ],
+        )
+    )
+    (args.data / "accuracy.json").write_text(
+        json.dumps({"labels": by_labels, "truth": by_truth, "history": result.history}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,12 @@ from model.training.trainer import TrainConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench-active-learning"))
-    p.add_argument("--data", type=Path, default=SCENES, help=f"folder of synthetic scenes, extended when short (default {SCENES})")
-    p.add_argument("--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`)")
+    p.add_argument(
+        "--data", type=Path, default=SCENES, help=f"folder of synthetic scenes, extended when short (default {SCENES})"
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`)"
+    )
     p.add_argument("--pool", type=int, default=10_000)
     p.add_argument("--test", type=int, default=None, help="test images (default: a quarter of the pool, at most 2,000)")
     p.add_argument("--seed-size", type=int, default=200)
@@ -55,17 +59,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cycles", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--strategies", default="loss,random,entropy,margin,loss+diversity")
-    p.add_argument("--calibration-labels", choices=("annotator", "truth"), default="truth",
-                   help="labels the holdout and audits reveal (default truth: a careful reviewer; see the note printed at the end)")
+    p.add_argument(
+        "--calibration-labels",
+        choices=("annotator", "truth"),
+        default="truth",
+        help="labels the holdout and audits reveal (default truth: a careful reviewer; see the note printed at the end)",
+    )
     p.add_argument("--draws", type=int, default=20, help="repeated audit draws of the honest-certification check")
-    p.add_argument("--rate-draws", type=int, default=1000,
-                   help="audit draws behind the miss-rate estimate, as run and with uniform audits (0: skip)")
+    p.add_argument(
+        "--rate-draws",
+        type=int,
+        default=1000,
+        help="audit draws behind the miss-rate estimate, as run and with uniform audits (0: skip)",
+    )
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--backbone", default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per run (default: up to 2; 0 with --jobs on a big host)")
-    p.add_argument("--jobs", type=int, default=1, help="runs side by side in their own processes (GPU host: one per run)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers per run (default: up to 2; 0 with --jobs on a big host)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs side by side in their own processes (GPU host: one per run)"
+    )
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--delta", type=float, default=0.05)
     return p.parse_args(argv)
@@ -94,23 +113,46 @@ def label_efficiency(rows: list[dict]) -> list[dict]:
         needed = labels_to_reach(labels, f1, goal)
         n = min(len(f1), len(r_f1))
         gap = (f1[:n] - r_f1[:n]) * 100
-        out.append({
-            "strategy": strategy, "final_macro_f1": float(f1[-1]), "random_final": float(goal),
-            "labels_needed": needed, "pct_of_random": None if needed is None else 100 * needed / budget,
-            "worst_gap_points": float(gap.min()), "worst_gap_cycle": int(gap.argmin()),
-        })
+        out.append(
+            {
+                "strategy": strategy,
+                "final_macro_f1": float(f1[-1]),
+                "random_final": float(goal),
+                "labels_needed": needed,
+                "pct_of_random": None if needed is None else 100 * needed / budget,
+                "worst_gap_points": float(gap.min()),
+                "worst_gap_cycle": int(gap.argmin()),
+            }
+        )
     return out
 
 
 def final_per_seed(rows: list[dict]) -> list[dict]:
     last = max(r["cycle"] for r in rows)
-    return [{k: r.get(k) for k in ("strategy", "seed", "pool_remaining", "automatic", "auto_share", "precision_labels",
-                                    "precision_truth", "threshold", "lower_bound", "calibration_labels")}
-            for r in rows if r["cycle"] == last]
+    return [
+        {
+            k: r.get(k)
+            for k in (
+                "strategy",
+                "seed",
+                "pool_remaining",
+                "automatic",
+                "auto_share",
+                "precision_labels",
+                "precision_truth",
+                "threshold",
+                "lower_bound",
+                "calibration_labels",
+            )
+        }
+        for r in rows
+        if r["cycle"] == last
+    ]
 
 
-def repeated_audit_check(trace: RunTrace, draws: int, target: float, delta: float, seed: int = 0,
-                         uniform: bool = False) -> dict:
+def repeated_audit_check(
+    trace: RunTrace, draws: int, target: float, delta: float, seed: int = 0, uniform: bool = False
+) -> dict:
     """Redraw a run's audits ``draws`` times at its last model; how often does the certified band miss?
 
     Each redraw takes, for every audit of the run, a fresh uniform sample of the same size from the
@@ -149,16 +191,27 @@ def repeated_audit_check(trace: RunTrace, draws: int, target: float, delta: floa
             precisions.append(p)
             precisions_truth.append(float(trace.correct_truth[band].mean()))
             misses += p < target
-    return {"strategy": trace.strategy, "seed": trace.seed, "draws": draws, "misses": misses, "nothing_certified": empty,
-            "miss_rate": misses / draws if draws else None,
-            "miss_rate_certified": misses / (draws - empty) if draws > empty else None,
-            "min_precision": min(precisions, default=None), "mean_precision": float(np.mean(precisions)) if precisions else None,
-            "min_precision_truth": min(precisions_truth, default=None), "mean_share": float(np.mean(shares)) if shares else None}
+    return {
+        "strategy": trace.strategy,
+        "seed": trace.seed,
+        "draws": draws,
+        "misses": misses,
+        "nothing_certified": empty,
+        "miss_rate": misses / draws if draws else None,
+        "miss_rate_certified": misses / (draws - empty) if draws > empty else None,
+        "min_precision": min(precisions, default=None),
+        "mean_precision": float(np.mean(precisions)) if precisions else None,
+        "min_precision_truth": min(precisions_truth, default=None),
+        "mean_share": float(np.mean(shares)) if shares else None,
+    }
 
 
 def auroc_table(rows: list[dict]) -> dict[str, dict[int, tuple[float, float]]]:
     loss_c, msp_c = curves(rows, "cycle", "auroc_loss"), curves(rows, "cycle", "auroc_msp")
-    return {s: {int(c): (float(lm), float(mm)) for c, lm, mm in zip(loss_c[s][0], loss_c[s][1], msp_c[s][1])} for s in loss_c}
+    return {
+        s: {int(c): (float(lm), float(mm)) for c, lm, mm in zip(loss_c[s][0], loss_c[s][1], msp_c[s][1])}
+        for s in loss_c
+    }
 
 
 PHASES = ("time_train", "time_score", "time_evaluate", "time_select", "time_certify")
@@ -176,53 +229,109 @@ def _f(value, fmt: str = ".3f") -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
 
 
-def render(args, settings: dict, eff: list[dict], finals: list[dict], honest: list[dict], rates: list[tuple[dict, dict]],
-           aurocs: dict, timings: dict) -> str:
-    lines = ["# Active-learning benchmark", "",
-             f"pool {settings['pool']}, test {settings['test']}, seed set {settings['seed_size']}, K {settings['k']}, "
-             f"audit {settings['audit_size']}/cycle, {settings['cycles']} cycles, seeds {settings['seeds']}, "
-             f"{settings['train_config']['image_size']} px, {settings['train_config']['backbone']}, "
-             f"{settings['train_config']['epochs']} epochs, calibration labels: {settings['calibration_labels']}, "
-             f"target {settings['target']} at delta {settings['delta']}", ""]
-    lines += ["## Label efficiency (mean macro-F1 over heads and seeds)", "",
-              "| strategy | final macro-F1 | labels to reach random's final | % of random's labels | worst gap vs random (points, cycle) |",
-              "|---|---|---|---|---|"]
+def render(
+    args,
+    settings: dict,
+    eff: list[dict],
+    finals: list[dict],
+    honest: list[dict],
+    rates: list[tuple[dict, dict]],
+    aurocs: dict,
+    timings: dict,
+) -> str:
+    lines = [
+        "# Active-learning benchmark",
+        "",
+        f"pool {settings['pool']}, test {settings['test']}, seed set {settings['seed_size']}, K {settings['k']}, "
+        f"audit {settings['audit_size']}/cycle, {settings['cycles']} cycles, seeds {settings['seeds']}, "
+        f"{settings['train_config']['image_size']} px, {settings['train_config']['backbone']}, "
+        f"{settings['train_config']['epochs']} epochs, calibration labels: {settings['calibration_labels']}, "
+        f"target {settings['target']} at delta {settings['delta']}",
+        "",
+    ]
+    lines += [
+        "## Label efficiency (mean macro-F1 over heads and seeds)",
+        "",
+        "| strategy | final macro-F1 | labels to reach random's final | % of random's labels | worst gap vs random (points, cycle) |",
+        "|---|---|---|---|---|",
+    ]
     for e in eff:
-        lines.append(f"| {e['strategy']} | {e['final_macro_f1']:.3f} | {_f(e['labels_needed'], '.0f') if e['labels_needed'] is not None else 'not reached'} "
-                     f"| {_f(e['pct_of_random'], '.0f')}% | {e['worst_gap_points']:+.1f} (cycle {e['worst_gap_cycle']}) |")
-    lines += ["", "## Automatic annotation after the last cycle", "",
-              "| strategy | seed | remaining pool | auto-labeled | share | precision (calibration labels' source) | precision vs annotator | precision vs truth | threshold | bound |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {e['strategy']} | {e['final_macro_f1']:.3f} | {_f(e['labels_needed'], '.0f') if e['labels_needed'] is not None else 'not reached'} "
+            f"| {_f(e['pct_of_random'], '.0f')}% | {e['worst_gap_points']:+.1f} (cycle {e['worst_gap_cycle']}) |"
+        )
+    lines += [
+        "",
+        "## Automatic annotation after the last cycle",
+        "",
+        "| strategy | seed | remaining pool | auto-labeled | share | precision (calibration labels' source) | precision vs annotator | precision vs truth | threshold | bound |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in finals:
         own = r["precision_truth"] if settings["calibration_labels"] == "truth" else r["precision_labels"]
-        lines.append(f"| {r['strategy']} | {r['seed']} | {r['pool_remaining']} | {r['automatic']} | {_f(r['auto_share'])} | {_f(own)} "
-                     f"| {_f(r['precision_labels'])} | {_f(r['precision_truth'])} | {_f(r['threshold'], '.4g')} | {_f(r['lower_bound'])} |")
-    lines += ["", f"## Honest certification: {args.draws} repeated audit draws at each run's last model", "",
-              "| strategy | seed | draws under target | nothing certified | min precision | mean precision | min precision vs truth | mean share |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['strategy']} | {r['seed']} | {r['pool_remaining']} | {r['automatic']} | {_f(r['auto_share'])} | {_f(own)} "
+            f"| {_f(r['precision_labels'])} | {_f(r['precision_truth'])} | {_f(r['threshold'], '.4g')} | {_f(r['lower_bound'])} |"
+        )
+    lines += [
+        "",
+        f"## Honest certification: {args.draws} repeated audit draws at each run's last model",
+        "",
+        "| strategy | seed | draws under target | nothing certified | min precision | mean precision | min precision vs truth | mean share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for h in honest:
-        lines.append(f"| {h['strategy']} | {h['seed']} | {h['misses']}/{h['draws']} | {h['nothing_certified']} | {_f(h['min_precision'])} "
-                     f"| {_f(h['mean_precision'])} | {_f(h['min_precision_truth'])} | {_f(h['mean_share'])} |")
+        lines.append(
+            f"| {h['strategy']} | {h['seed']} | {h['misses']}/{h['draws']} | {h['nothing_certified']} | {_f(h['min_precision'])} "
+            f"| {_f(h['mean_precision'])} | {_f(h['min_precision_truth'])} | {_f(h['mean_share'])} |"
+        )
     if rates:
-        lines += ["", f"## Miss rate over {args.rate_draws} audit draws at each run's last model: of all draws / of those that certified",
-                  "", f"The bound promises a miss rate of at most delta ({settings['delta']}) over all draws. 'uniform' draws the same "
-                  "number of audit labels from the whole unlabeled pool instead of each cycle's candidates.", "",
-                  "| strategy | seed | audits as run | uniform audits |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Miss rate over {args.rate_draws} audit draws at each run's last model: of all draws / of those that certified",
+            "",
+            f"The bound promises a miss rate of at most delta ({settings['delta']}) over all draws. 'uniform' draws the same "
+            "number of audit labels from the whole unlabeled pool instead of each cycle's candidates.",
+            "",
+            "| strategy | seed | audits as run | uniform audits |",
+            "|---|---|---|---|",
+        ]
         for run, uni in rates:
-            lines.append(f"| {run['strategy']} | {run['seed']} | {_f(run['miss_rate'])} / {_f(run['miss_rate_certified'])} "
-                         f"| {_f(uni['miss_rate'])} / {_f(uni['miss_rate_certified'])} |")
+            lines.append(
+                f"| {run['strategy']} | {run['seed']} | {_f(run['miss_rate'])} / {_f(run['miss_rate_certified'])} "
+                f"| {_f(uni['miss_rate'])} / {_f(uni['miss_rate_certified'])} |"
+            )
     strategies = list(aurocs)
-    lines += ["", "## Loss module AUROC for wrong predictions (test set), beside max-softmax: loss / msp", "",
-              "| cycle | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
+    lines += [
+        "",
+        "## Loss module AUROC for wrong predictions (test set), beside max-softmax: loss / msp",
+        "",
+        "| cycle | " + " | ".join(strategies) + " |",
+        "|---" * (len(strategies) + 1) + "|",
+    ]
     for c in sorted({c for s in aurocs.values() for c in s}):
-        lines.append(f"| {c} | " + " | ".join(f"{_f(aurocs[s][c][0])} / {_f(aurocs[s][c][1])}" if c in aurocs[s] else "–" for s in strategies) + " |")
-    lines += ["", f"## Seconds per cycle (mean over runs; device {settings['train_config']['device'] or 'auto'}; {machine()})", "",
-              "| cycle | " + " | ".join(p.removeprefix("time_") for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+        lines.append(
+            f"| {c} | "
+            + " | ".join(
+                f"{_f(aurocs[s][c][0])} / {_f(aurocs[s][c][1])}" if c in aurocs[s] else "–" for s in strategies
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        f"## Seconds per cycle (mean over runs; device {settings['train_config']['device'] or 'auto'}; {machine()})",
+        "",
+        "| cycle | " + " | ".join(p.removeprefix("time_") for p in PHASES) + " |",
+        "|---" * (len(PHASES) + 1) + "|",
+    ]
     for c, t in timings.items():
         lines.append(f"| {c} | " + " | ".join(f"{t[p]:.2f}" for p in PHASES) + " |")
-    lines += ["", "Note: calibration labels 'annotator' certify agreement with the (noisy) annotator; with 2% noise per head "
-              "two heads agree with the truth on about 96% of images, so even a perfect model cannot be certified at 0.95 "
-              "without about a thousand calibration labels in its band. 'truth' models audits by a careful reviewer."]
+    lines += [
+        "",
+        "Note: calibration labels 'annotator' certify agreement with the (noisy) annotator; with 2% noise per head "
+        "two heads agree with the truth on about 96% of images, so even a perfect model cannot be certified at 0.95 "
+        "without about a thousand calibration labels in its band. 'truth' models audits by a careful reviewer.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -242,19 +351,53 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     data = SimulationData.from_manifest(manifest, pool_size=args.pool, test_size=test)
-    result = simulate(data, strategies, seeds, args.out, seed_size=args.seed_size, k=args.k, cycles=args.cycles,
-                      audit_size=args.audit, train_config=config, target=args.target, delta=args.delta,
-                      calibration_labels=args.calibration_labels, jobs=args.jobs)
+    result = simulate(
+        data,
+        strategies,
+        seeds,
+        args.out,
+        seed_size=args.seed_size,
+        k=args.k,
+        cycles=args.cycles,
+        audit_size=args.audit,
+        train_config=config,
+        target=args.target,
+        delta=args.delta,
+        calibration_labels=args.calibration_labels,
+        jobs=args.jobs,
+    )
     eff = label_efficiency(result.rows)
     finals = final_per_seed(result.rows)
     honest = [repeated_audit_check(t, args.draws, args.target, args.delta, seed=t.seed) for t in result.traces]
-    rates = [tuple(repeated_audit_check(t, args.rate_draws, args.target, args.delta, seed=t.seed, uniform=u) for u in (False, True))
-             for t in result.traces] if args.rate_draws else []
-    text = render(args, result.settings, eff, finals, honest, rates, auroc_table(result.rows), timing_table(result.rows))
+    rates = (
+        [
+            tuple(
+                repeated_audit_check(t, args.rate_draws, args.target, args.delta, seed=t.seed, uniform=u)
+                for u in (False, True)
+            )
+            for t in result.traces
+        ]
+        if args.rate_draws
+        else []
+    )
+    text = render(
+        args, result.settings, eff, finals, honest, rates, auroc_table(result.rows), timing_table(result.rows)
+    )
     (args.out / "benchmark.md").write_text(text, encoding="utf-8")
-    (args.out / "benchmark.json").write_text(json.dumps({"settings": result.settings, "label_efficiency": eff, "final": finals,
-                                                         "honest_certification": honest, "miss_rates": rates},
-                                                        indent=2, default=float), encoding="utf-8")
+    (args.out / "benchmark.json").write_text(
+        json.dumps(
+            {
+                "settings": result.settings,
+                "label_efficiency": eff,
+                "final": finals,
+                "honest_certification": honest,
+                "miss_rates": rates,
+            },
+            indent=2,
+            default=float,
+        ),
+        encoding="utf-8",
+    )
     print(text)
     print(f"results: {result.results_path}; report: {result.report_path}")
     return 0

@@ -40,7 +40,10 @@ from model.training.trainer import TrainConfig  # noqa: E402
 
 def peak_rss_mib() -> tuple[float, float]:
     """Peak resident memory (MiB) of this process and of its largest finished child (ru_maxrss is in KiB on Linux)."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    )
 
 
 def per_image_seconds(schema: LabelSchema, items, workers: int | None, repeats: int = 2) -> tuple[float, float]:
@@ -55,7 +58,14 @@ def per_image_seconds(schema: LabelSchema, items, workers: int | None, repeats: 
         embed_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         net = MultiHeadNet(build_backbone("efficientnet_lite0", weights=None), schema).eval()
-        model = TrainedModel(net=net, meta={"image_size": TrainConfig().image_size, "mean": list(net.backbone.mean), "std": list(net.backbone.std)})
+        model = TrainedModel(
+            net=net,
+            meta={
+                "image_size": TrainConfig().image_size,
+                "mean": list(net.backbone.mean),
+                "std": list(net.backbone.std),
+            },
+        )
         model.score(examples, workers=workers)
         score_times.append(time.perf_counter() - start)
     return min(embed_times) / len(items), min(score_times) / len(items)
@@ -66,7 +76,9 @@ def quadratic_phases(n: int, dim: int = 1280, seed: int = 0) -> dict[str, float]
     (random hashes, embeddings with class structure), to check how these phases scale beyond the images run."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, size=(n, 2))
-    embeddings = (rng.normal(size=(n, dim)) + 3 * rng.normal(size=(6, dim))[labels[:, 0] * 2 + (labels[:, 1] > 0)]).astype(np.float32)
+    embeddings = (
+        rng.normal(size=(n, dim)) + 3 * rng.normal(size=(6, dim))[labels[:, 0] * 2 + (labels[:, 1] > 0)]
+    ).astype(np.float32)
     hashes = rng.integers(0, 2**63, size=n, dtype=np.uint64)
     tiny = rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8)
     usable = np.ones(n, dtype=bool)
@@ -81,9 +93,18 @@ def quadratic_phases(n: int, dim: int = 1280, seed: int = 0) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000, help="synthetic 640x360 scenes (default 10,000)")
-    parser.add_argument("--data", type=Path, default=None, help="where the scenes are kept (default /tmp/weather-al-bench/analysis-N)")
-    parser.add_argument("--score-n", type=int, default=500, help="images the embedding pass and `score` are timed on (default 500)")
-    parser.add_argument("--scale-n", type=int, default=10_000, help="synthetic fingerprints for the all-pairs phases (default 10,000; 0 skips)")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="where the scenes are kept (default /tmp/weather-al-bench/analysis-N)"
+    )
+    parser.add_argument(
+        "--score-n", type=int, default=500, help="images the embedding pass and `score` are timed on (default 500)"
+    )
+    parser.add_argument(
+        "--scale-n",
+        type=int,
+        default=10_000,
+        help="synthetic fingerprints for the all-pairs phases (default 10,000; 0 skips)",
+    )
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -102,22 +123,49 @@ def main() -> None:
     scale = quadratic_phases(args.scale_n) if args.scale_n else {}
 
     print(f"\nanalyze: {args.n} images of 640x360 ({machine()})")
-    print(table(["phase", "seconds", "ms per image"], [[k, v, 1000 * v / args.n] for k, v in timings.items()] + [["total", total, 1000 * total / args.n]]))
+    print(
+        table(
+            ["phase", "seconds", "ms per image"],
+            [[k, v, 1000 * v / args.n] for k, v in timings.items()] + [["total", total, 1000 * total / args.n]],
+        )
+    )
     print(f"peak RSS: {rss_self:.0f} MiB (analysis process), {rss_children:.0f} MiB (largest DataLoader worker)")
-    print(table([f"pass ({args.score_n} images, best of 2)", "image size", "ms per image"], [
-        ["analyze embedding", result.summary["settings"]["embedding_size"], 1000 * embed_per_image],
-        ["score", TrainConfig().image_size, 1000 * score_per_image],
-    ]))
+    print(
+        table(
+            [f"pass ({args.score_n} images, best of 2)", "image size", "ms per image"],
+            [
+                ["analyze embedding", result.summary["settings"]["embedding_size"], 1000 * embed_per_image],
+                ["score", TrainConfig().image_size, 1000 * score_per_image],
+            ],
+        )
+    )
     if scale:
-        print(f"all-pairs phases on {args.scale_n} synthetic fingerprints: " + ", ".join(f"{k} {v:.1f} s" for k, v in scale.items()))
+        print(
+            f"all-pairs phases on {args.scale_n} synthetic fingerprints: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in scale.items())
+        )
     found = result.summary
-    print(f"found: {found['duplicates']['n_exact_groups']} exact / {found['duplicates']['n_near_groups']} near duplicate groups, "
-          f"{found['label_problems']['n_flagged']} flagged labels (synthetic label noise 2%)")
-    (directory / "analysis" / "bench.json").write_text(json.dumps({
-        "n": args.n, "timings_s": timings, "total_s": total, "peak_rss_mib": rss_self, "peak_rss_children_mib": rss_children,
-        "embedding_ms_per_image": 1000 * embed_per_image, "score_ms_per_image": 1000 * score_per_image,
-        "scale_n": args.scale_n, "scale_timings_s": scale, "machine": machine(),
-    }, indent=2))
+    print(
+        f"found: {found['duplicates']['n_exact_groups']} exact / {found['duplicates']['n_near_groups']} near duplicate groups, "
+        f"{found['label_problems']['n_flagged']} flagged labels (synthetic label noise 2%)"
+    )
+    (directory / "analysis" / "bench.json").write_text(
+        json.dumps(
+            {
+                "n": args.n,
+                "timings_s": timings,
+                "total_s": total,
+                "peak_rss_mib": rss_self,
+                "peak_rss_children_mib": rss_children,
+                "embedding_ms_per_image": 1000 * embed_per_image,
+                "score_ms_per_image": 1000 * score_per_image,
+                "scale_n": args.scale_n,
+                "scale_timings_s": scale,
+                "machine": machine(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

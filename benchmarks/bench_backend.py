@@ -68,8 +68,13 @@ def server_side_mean_ms(url: str, endpoint: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     families = text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text)
-    values = {s.name: s.value for f in families if f.name == "weather_al_request_seconds" for s in f.samples
-              if s.labels.get("endpoint") == endpoint}
+    values = {
+        s.name: s.value
+        for f in families
+        if f.name == "weather_al_request_seconds"
+        for s in f.samples
+        if s.labels.get("endpoint") == endpoint
+    }
     return 1000 * values["weather_al_request_seconds_sum"] / values["weather_al_request_seconds_count"]
 
 
@@ -99,8 +104,13 @@ class WebProcess:
         port = free_port(None)
         self.url = f"http://127.0.0.1:{port}"
         with open(log, "ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--no-worker"], env={**env, "PORT": str(port)},
-                                         stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "backend.cli", "serve", "--no-worker"],
+                env={**env, "PORT": str(port)},
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for_backend(self.url, log)
 
     def close(self) -> None:
@@ -110,7 +120,11 @@ class WebProcess:
 
 def predict(url: str, tasks: list[dict[str, Any]]) -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
-    r = requests.post(f"{url}/predict", json={"tasks": tasks, "project": f"{PROJECT}.1700000000", "label_config": LABEL_CONFIG}, timeout=300)
+    r = requests.post(
+        f"{url}/predict",
+        json={"tasks": tasks, "project": f"{PROJECT}.1700000000", "label_config": LABEL_CONFIG},
+        timeout=300,
+    )
     elapsed = time.perf_counter() - t0
     r.raise_for_status()
     return elapsed, r.json()
@@ -141,8 +155,14 @@ def web_part(args: argparse.Namespace, work: Path) -> None:
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         redis_server, redis_url = start_embedded_redis(work / "redis")
-    env = {**os.environ, "MODEL_DIR": str(models), "REDIS_URL": redis_url, "LOCAL_FILES_DOCUMENT_ROOT": str(root),
-           "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(models),
+        "REDIS_URL": redis_url,
+        "LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        "LABEL_STUDIO_URL": "http://127.0.0.1:9",
+        "LOG_LEVEL": "WARNING",
+    }
     web = WebProcess(env, work / "backend.log")
     try:
         tasks = [{"id": 1000 + i, "data": {"image": u}} for i, u in enumerate(urls)]
@@ -156,8 +176,16 @@ def web_part(args: argparse.Namespace, work: Path) -> None:
 
         def event(i: int) -> float:
             t0 = time.perf_counter()
-            r = requests.post(f"{web.url}/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": int(PROJECT)},
-                                                           "annotation": {"id": i}, "task": {"id": i}}, timeout=30)
+            r = requests.post(
+                f"{web.url}/webhook",
+                json={
+                    "action": "ANNOTATION_CREATED",
+                    "project": {"id": int(PROJECT)},
+                    "annotation": {"id": i},
+                    "task": {"id": i},
+                },
+                timeout=30,
+            )
             r.raise_for_status()
             return (time.perf_counter() - t0) * 1000
 
@@ -172,24 +200,65 @@ def web_part(args: argparse.Namespace, work: Path) -> None:
             redis_server.shutdown()
 
     med_single = statistics.median(single)
-    print(table(["measure", "value", "target", "verdict"], [
-        ["single-image forward (this process), median ms", forward_ms, "", ""],
-        ["/predict 1 uncached task, median ms", med_single, f"<= 2x forward = {2 * forward_ms:.0f}",
-         "meets" if med_single <= 2 * forward_ms else "MISSES"],
-        ["  ratio to the forward", med_single / forward_ms, "<= 2", ""],
-        ["/predict 1 cached task, median ms", statistics.median(cached), "<= 20", "meets" if statistics.median(cached) <= 20 else "MISSES"],
-        [f"/predict {len(batch)} uncached tasks in one request, s", batch_s, "<= 30 (LS: 100)", "meets" if batch_s <= 30 else "MISSES"],
-        [f"  tasks predicted of {len(batch)}", predicted, "", ""],
-        *[row for senders, times in hooks.items() for row in (
-            [f"/webhook, burst of {args.n_webhooks} from {senders} sender(s), median ms", statistics.median(times), "", ""],
-            [f"/webhook, burst of {args.n_webhooks} from {senders} sender(s), p99 ms", percentile(times, 99), "<= 50",
-             "meets" if percentile(times, 99) <= 50 else "MISSES"])],
-        ["/webhook, time inside the web process (its /metrics), mean ms", server_ms, "", ""],
-        ["RSS of the gunicorn worker holding the model, MB", max(r for r, _ in memory.values()), "<= 1536",
-         "meets" if max(r for r, _ in memory.values()) <= 1536 else "MISSES"],
-        [f"PSS of the whole web process tree ({len(memory)} processes), MB", sum(p for _, p in memory.values()), "<= 1536",
-         "meets" if sum(p for _, p in memory.values()) <= 1536 else "MISSES"],
-    ]))
+    print(
+        table(
+            ["measure", "value", "target", "verdict"],
+            [
+                ["single-image forward (this process), median ms", forward_ms, "", ""],
+                [
+                    "/predict 1 uncached task, median ms",
+                    med_single,
+                    f"<= 2x forward = {2 * forward_ms:.0f}",
+                    "meets" if med_single <= 2 * forward_ms else "MISSES",
+                ],
+                ["  ratio to the forward", med_single / forward_ms, "<= 2", ""],
+                [
+                    "/predict 1 cached task, median ms",
+                    statistics.median(cached),
+                    "<= 20",
+                    "meets" if statistics.median(cached) <= 20 else "MISSES",
+                ],
+                [
+                    f"/predict {len(batch)} uncached tasks in one request, s",
+                    batch_s,
+                    "<= 30 (LS: 100)",
+                    "meets" if batch_s <= 30 else "MISSES",
+                ],
+                [f"  tasks predicted of {len(batch)}", predicted, "", ""],
+                *[
+                    row
+                    for senders, times in hooks.items()
+                    for row in (
+                        [
+                            f"/webhook, burst of {args.n_webhooks} from {senders} sender(s), median ms",
+                            statistics.median(times),
+                            "",
+                            "",
+                        ],
+                        [
+                            f"/webhook, burst of {args.n_webhooks} from {senders} sender(s), p99 ms",
+                            percentile(times, 99),
+                            "<= 50",
+                            "meets" if percentile(times, 99) <= 50 else "MISSES",
+                        ],
+                    )
+                ],
+                ["/webhook, time inside the web process (its /metrics), mean ms", server_ms, "", ""],
+                [
+                    "RSS of the gunicorn worker holding the model, MB",
+                    max(r for r, _ in memory.values()),
+                    "<= 1536",
+                    "meets" if max(r for r, _ in memory.values()) <= 1536 else "MISSES",
+                ],
+                [
+                    f"PSS of the whole web process tree ({len(memory)} processes), MB",
+                    sum(p for _, p in memory.values()),
+                    "<= 1536",
+                    "meets" if sum(p for _, p in memory.values()) <= 1536 else "MISSES",
+                ],
+            ],
+        )
+    )
 
 
 def cycle_part(args: argparse.Namespace, work: Path) -> None:
@@ -217,17 +286,31 @@ def cycle_part(args: argparse.Namespace, work: Path) -> None:
         total = time.perf_counter() - t0
         state = ModelStore(models).state(str(project))
         timings = (state.get("last_cycle") or {}).get("timings") or {}
-        unlabeled = [t for t in map(as_dict, ls.tasks.list(project=project, fields="all", page_size=1000)) if not t.get("annotations")]
-        predicted = sum(1 for t in unlabeled if any(p.get("model_version") == version for p in t.get("predictions") or []))
+        unlabeled = [
+            t
+            for t in map(as_dict, ls.tasks.list(project=project, fields="all", page_size=1000))
+            if not t.get("annotations")
+        ]
+        predicted = sum(
+            1 for t in unlabeled if any(p.get("model_version") == version for p in t.get("predictions") or [])
+        )
     finally:
         stack.stop()
-    print(table(["phase", "seconds", "share"], [
-        [name, timings.get(key, float("nan")), timings.get(key, float("nan")) / total]
-        for name, key in (("train", "train_s"), ("score", "score_s"), ("import and views", "import_s"))
-    ] + [["total, Start Training to predictions in Label Studio", total, 1.0]]))
+    print(
+        table(
+            ["phase", "seconds", "share"],
+            [
+                [name, timings.get(key, float("nan")), timings.get(key, float("nan")) / total]
+                for name, key in (("train", "train_s"), ("score", "score_s"), ("import and views", "import_s"))
+            ]
+            + [["total, Start Training to predictions in Label Studio", total, 1.0]],
+        )
+    )
     verdict = "meets" if total <= 600 else "MISSES"
-    print(f"\n{args.labeled} labeled + {args.unlabeled} unlabeled at {args.image_size} px: {total / 60:.1f} min; "
-          f"{predicted} of {len(unlabeled)} unlabeled tasks carry {version}'s prediction; {verdict} the 10-minute target")
+    print(
+        f"\n{args.labeled} labeled + {args.unlabeled} unlabeled at {args.image_size} px: {total / 60:.1f} min; "
+        f"{predicted} of {len(unlabeled)} unlabeled tasks carry {version}'s prediction; {verdict} the 10-minute target"
+    )
 
 
 def main() -> None:

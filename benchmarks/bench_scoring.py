@@ -48,8 +48,13 @@ def make_model(image_size: int) -> TrainedModel:
     """An untrained model: scoring costs the same whatever the weights."""
     schema = LabelSchema.from_file()
     net = MultiHeadNet(build_backbone("efficientnet_lite0"), schema).eval()
-    meta = {"schema": schema.to_dict(), "backbone": "efficientnet_lite0", "image_size": image_size,
-            "mean": list(net.backbone.mean), "std": list(net.backbone.std)}
+    meta = {
+        "schema": schema.to_dict(),
+        "backbone": "efficientnet_lite0",
+        "image_size": image_size,
+        "mean": list(net.backbone.mean),
+        "std": list(net.backbone.std),
+    }
     return TrainedModel(net=net, meta=meta)
 
 
@@ -73,7 +78,9 @@ def backbone_rate(model: TrainedModel, n: int, batch_size: int, image_size: int)
     return images / (time.perf_counter() - t0), 1000 * (_cpu_seconds() - c0) / images
 
 
-def pipeline_rate(model: TrainedModel, examples, batch_size: int, workers: int, decoded: DecodedImages | None = None) -> tuple[float, float]:
+def pipeline_rate(
+    model: TrainedModel, examples, batch_size: int, workers: int, decoded: DecodedImages | None = None
+) -> tuple[float, float]:
     """(images/s, CPU ms/image) of TrainedModel.score on the files (or ``decoded``), worker start-up included (as in real use)."""
     t0, c0 = time.perf_counter(), _cpu_seconds()
     result = model.score(examples, batch_size=batch_size, workers=workers, decoded=decoded)
@@ -150,32 +157,75 @@ def main() -> None:
                 bare = max(bare, backbone_rate(model, len(examples), args.batch_size, args.image_size))
                 pipe = max(pipe, pipeline_rate(model, examples, args.batch_size, workers))
             results.append((pipe[0], threads, workers, bare[0]))
-            rows.append([f"threads {threads}, workers {workers}", bare[0], pipe[0], pipe[0] / bare[0], bare[1], pipe[1], bare[1] / pipe[1]])
+            rows.append(
+                [
+                    f"threads {threads}, workers {workers}",
+                    bare[0],
+                    pipe[0],
+                    pipe[0] / bare[0],
+                    bare[1],
+                    pipe[1],
+                    bare[1] / pipe[1],
+                ]
+            )
     torch.set_num_threads(default_threads)
     with tempfile.TemporaryDirectory() as tmp:  # simulate's path: decoded once, then scored every cycle
         t0 = time.perf_counter()
-        decoded = DecodedImages.decode(examples, args.image_size, Path(tmp) / "pixels.npy", workers=default_workers(), progress=False)
+        decoded = DecodedImages.decode(
+            examples, args.image_size, Path(tmp) / "pixels.npy", workers=default_workers(), progress=False
+        )
         decode_ms = 1000 * (time.perf_counter() - t0) / len(examples)
         bare, pipe = (0.0, 0.0), (0.0, 0.0)
         for _ in range(args.repeats):
             bare = max(bare, backbone_rate(model, len(examples), args.batch_size, args.image_size))
             pipe = max(pipe, pipeline_rate(model, examples, args.batch_size, 0, decoded))
-        rows.append([f"threads {default_threads}, decoded once", bare[0], pipe[0], pipe[0] / bare[0], bare[1], pipe[1], bare[1] / pipe[1]])
+        rows.append(
+            [
+                f"threads {default_threads}, decoded once",
+                bare[0],
+                pipe[0],
+                pipe[0] / bare[0],
+                bare[1],
+                pipe[1],
+                bare[1] / pipe[1],
+            ]
+        )
     print()
-    print(table(["setting", "backbone img/s", "pipeline img/s", "ratio", "backbone CPU ms/img", "pipeline CPU ms/img", "CPU ratio"], rows))
-    print(f"'decoded once' scores pixels decoded beforehand (model.data.decoded, as `simulate` does every cycle); "
-          f"that decode pass took {decode_ms:.1f} ms per image, wall")
+    print(
+        table(
+            [
+                "setting",
+                "backbone img/s",
+                "pipeline img/s",
+                "ratio",
+                "backbone CPU ms/img",
+                "pipeline CPU ms/img",
+                "CPU ratio",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"'decoded once' scores pixels decoded beforehand (model.data.decoded, as `simulate` does every cycle); "
+        f"that decode pass took {decode_ms:.1f} ms per image, wall"
+    )
     best_pipe, threads, workers, _ = max(results)
     best_bare = max(r[3] for r in results)
     verdict = "meets" if best_pipe / best_bare >= TARGET else "MISSES"
-    print(f"\nbest pipeline: threads {threads}, workers {workers}: {best_pipe:.1f} img/s = "
-          f"{best_pipe / best_bare:.2f} x the best bare backbone ({best_bare:.1f} img/s); {verdict} the {TARGET} target")
+    print(
+        f"\nbest pipeline: threads {threads}, workers {workers}: {best_pipe:.1f} img/s = "
+        f"{best_pipe / best_bare:.2f} x the best bare backbone ({best_bare:.1f} img/s); {verdict} the {TARGET} target"
+    )
     default = next((r for r in results if (r[1], r[2]) == (default_threads, default_workers())), None)
     if default:
-        print(f"defaults (threads {default_threads}, workers {default_workers()}): {default[0]:.1f} img/s = "
-              f"{default[0] / best_bare:.2f} x the best bare backbone")
-    print("CPU ratio = backbone CPU per image / pipeline CPU per image: what the wall ratio tends to when the cores are "
-          "saturated; unlike wall time it barely moves with other load on the machine")
+        print(
+            f"defaults (threads {default_threads}, workers {default_workers()}): {default[0]:.1f} img/s = "
+            f"{default[0] / best_bare:.2f} x the best bare backbone"
+        )
+    print(
+        "CPU ratio = backbone CPU per image / pipeline CPU per image: what the wall ratio tends to when the cores are "
+        "saturated; unlike wall time it barely moves with other load on the machine"
+    )
 
     torch.set_num_threads(threads)
     print(f"\n# CPU time per image of each step ({threads} thread(s))")

@@ -44,7 +44,9 @@ def _cpu_seconds() -> float:
 def throughput(manifest: Path, image_size: int, batch_size: int, stages: int) -> tuple[float, float]:
     """(images/s of the loop, CPU ms per image of the whole call: loop, model build, worker start-up)."""
     data = read_manifest(manifest, LabelSchema.from_file())
-    config = TrainConfig(image_size=image_size, batch_size=batch_size, epochs=1, min_steps=1, val_fraction=0.0, trainable_stages=stages)
+    config = TrainConfig(
+        image_size=image_size, batch_size=batch_size, epochs=1, min_steps=1, val_fraction=0.0, trainable_stages=stages
+    )
     c0 = _cpu_seconds()
     rate = train(data, config, progress=False).history[0]["images_per_s"]
     return rate, 1000 * (_cpu_seconds() - c0) / len(data.examples)
@@ -65,8 +67,22 @@ def peak_memory(manifest: Path, image_size: int, epochs: int) -> tuple[float, tu
     out_dir = Path(tempfile.mkdtemp(prefix="weather-al-bench-train-"))
     config = out_dir / "config.json"  # the defaults, but exactly ``epochs`` epochs (no min_steps floor)
     config.write_text(json.dumps({"epochs": epochs, "min_steps": 1}))
-    cmd = [sys.executable, "-m", "backend.cli", "--log-level", "WARNING", "train", "--data", str(manifest),
-           "--out", str(out_dir / "model"), "--config", str(config), "--image-size", str(image_size)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "--log-level",
+        "WARNING",
+        "train",
+        "--data",
+        str(manifest),
+        "--out",
+        str(out_dir / "model"),
+        "--config",
+        str(config),
+        "--image-size",
+        str(image_size),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     stop, peaks = threading.Event(), []
@@ -102,16 +118,26 @@ def main() -> None:
     # memory first: ru_maxrss of children must not see this process's own DataLoader workers
     if not args.skip_memory:
         maxrss, tree, wall = peak_memory(manifest, args.image_size, args.epochs)
-        print(f"\n# `weather-al train` on {args.n_memory} images at {args.image_size} px, {args.epochs} epoch(s), {wall:.0f} s")
+        print(
+            f"\n# `weather-al train` on {args.n_memory} images at {args.image_size} px, {args.epochs} epoch(s), {wall:.0f} s"
+        )
         rows = [["ru_maxrss of children (largest process)", maxrss, "yes" if maxrss < TARGET_GB else "NO"]]
-        rows.append(["peak RSS summed over trainer + workers (counts shared pages twice)", tree[0], "yes" if tree[0] < TARGET_GB else "NO"])
+        rows.append(
+            [
+                "peak RSS summed over trainer + workers (counts shared pages twice)",
+                tree[0],
+                "yes" if tree[0] < TARGET_GB else "NO",
+            ]
+        )
         rows.append(["peak PSS summed over trainer + workers", tree[1], "yes" if tree[1] < TARGET_GB else "NO"])
         print(table(["measure", "GB", f"< {TARGET_GB:.0f} GB"], rows), flush=True)
 
     rows = []
     for stages in (int(s) for s in args.stages.split(",")):
         rows.append([f"{stages} stage(s) trainable", *throughput(small, args.image_size, args.batch_size, stages)])
-    print(f"\n# training throughput, {args.n_throughput} images at {args.image_size} px, batch {args.batch_size} (one epoch, real loop)")
+    print(
+        f"\n# training throughput, {args.n_throughput} images at {args.image_size} px, batch {args.batch_size} (one epoch, real loop)"
+    )
     print(table(["unfreezing stage", "images/s", "CPU ms/image"], rows))
 
 

@@ -74,5 +74,7 @@ def process_tree_memory(pid: int) -> dict[int, tuple[int, int]]:
 def machine() -> str:
     """One line on the hardware, and the load the benchmark shared it with (other processes skew figures)."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads; load average {load}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads; load average {load}"
+    )

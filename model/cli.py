@@ -25,23 +25,34 @@ class UsageError(Exception):
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic weather scenes with ground truth")
-    p.add_argument("--out", required=True, type=Path, help="output folder (images/, manifest.csv, truth.csv, tasks.json)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="output folder (images/, manifest.csv, truth.csv, tasks.json)"
+    )
     p.add_argument("--n", required=True, type=int, help="number of scenes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-noise", type=float, default=0.02, help="share of head labels flipped (default 0.02)")
-    p.add_argument("--document-root", type=Path, default=None, help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT for tasks.json URLs (default: the parent of --out)")
+    p.add_argument(
+        "--document-root",
+        type=Path,
+        default=None,
+        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT for tasks.json URLs (default: the parent of --out)",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model on a labeled manifest")
     _add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
-    p.add_argument("--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`)"
+    )
     p.add_argument("--backbone", default=None, help="efficientnet_lite0 (default) or resnet18")
     p.add_argument("--weights", default=None, help="local backbone weights file instead of the ImageNet weights")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--overfit-batch", action="store_true", help="only check capacity: overfit one batch and report its accuracy")
+    p.add_argument(
+        "--overfit-batch", action="store_true", help="only check capacity: overfit one batch and report its accuracy"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a labeled manifest")
@@ -57,47 +68,115 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("simulate", help="run the active-learning loop against a simulated annotator; write results.csv and report.html")
-    p.add_argument("--data", type=Path, default=None, help="labeled CSV manifest (truth.csv beside it is used); default: synthesise scenes into OUT/data")
+    p = sub.add_parser(
+        "simulate", help="run the active-learning loop against a simulated annotator; write results.csv and report.html"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="labeled CSV manifest (truth.csv beside it is used); default: synthesise scenes into OUT/data",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--pool", type=int, default=None, help="pool size (default: all of --data but the test set; 2000 synthetic scenes)")
-    p.add_argument("--test", type=int, default=None, help="held-out test images (default: a quarter of the pool, 20..2000)")
-    p.add_argument("--seed-size", type=int, default=200, help="random seed set (about half is held out for calibration)")
+    p.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="pool size (default: all of --data but the test set; 2000 synthetic scenes)",
+    )
+    p.add_argument(
+        "--test", type=int, default=None, help="held-out test images (default: a quarter of the pool, 20..2000)"
+    )
+    p.add_argument(
+        "--seed-size", type=int, default=200, help="random seed set (about half is held out for calibration)"
+    )
     p.add_argument("--k", type=int, default=100, help="manual picks per cycle")
     p.add_argument("--audit", type=int, default=50, help="audit sample per cycle")
     p.add_argument("--cycles", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
-    p.add_argument("--strategies", default="loss,random,entropy,margin", help="comma-separated: loss, loss+diversity, random, entropy, margin")
-    p.add_argument("--calibration-labels", choices=("annotator", "truth"), default="annotator",
-                   help="what the holdout and audits reveal: the annotator's (noisy) labels or the truth (a careful reviewer)")
-    p.add_argument("--config", type=Path, default=None, help="JSON training configuration (e.g. from `weather-al tune`); the flags below override it")
+    p.add_argument(
+        "--strategies",
+        default="loss,random,entropy,margin",
+        help="comma-separated: loss, loss+diversity, random, entropy, margin",
+    )
+    p.add_argument(
+        "--calibration-labels",
+        choices=("annotator", "truth"),
+        default="annotator",
+        help="what the holdout and audits reveal: the annotator's (noisy) labels or the truth (a careful reviewer)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON training configuration (e.g. from `weather-al tune`); the flags below override it",
+    )
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--backbone", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
-    p.add_argument("--jobs", type=int, default=1, help="runs side by side in their own processes (a GPU host: one per run, --workers 0)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs side by side in their own processes (a GPU host: one per run, --workers 0)",
+    )
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("analyze", help="analyse a data set: distribution, unreadable images, label problems, duplicates, outliers, human baseline")
-    p.add_argument("--data", type=Path, default=None, help="CSV manifest or Label Studio JSON export (or --url/--api-key/--project)")
+    p = sub.add_parser(
+        "analyze",
+        help="analyse a data set: distribution, unreadable images, label problems, duplicates, outliers, human baseline",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="CSV manifest or Label Studio JSON export (or --url/--api-key/--project)",
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for report.html and summary.json")
     p.add_argument("--model", type=Path, default=None, help="a checkpoint to compare with the human baseline")
-    p.add_argument("--label-config", type=Path, default=DEFAULT_LABEL_CONFIG, help="labeling config XML (default: the weather project; a live project uses its own)")
-    p.add_argument("--document-root", type=Path, default=None, help="for an export: LOCAL_FILES_DOCUMENT_ROOT its image paths are under (default: the export's folder)")
-    p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL"), help="live project: Label Studio URL (default: LABEL_STUDIO_URL)")
-    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="live project: token (default: LABEL_STUDIO_API_KEY)")
+    p.add_argument(
+        "--label-config",
+        type=Path,
+        default=DEFAULT_LABEL_CONFIG,
+        help="labeling config XML (default: the weather project; a live project uses its own)",
+    )
+    p.add_argument(
+        "--document-root",
+        type=Path,
+        default=None,
+        help="for an export: LOCAL_FILES_DOCUMENT_ROOT its image paths are under (default: the export's folder)",
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get("LABEL_STUDIO_URL"),
+        help="live project: Label Studio URL (default: LABEL_STUDIO_URL)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("LABEL_STUDIO_API_KEY"),
+        help="live project: token (default: LABEL_STUDIO_API_KEY)",
+    )
     p.add_argument("--project", type=int, default=None, help="live project id, read through the SDK")
     p.add_argument("--image-size", type=int, default=None, help="embedding input size (default 128)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
     p.set_defaults(func=cmd_analyze, read_project=None)
 
-    p = sub.add_parser("tune", help="random search of training settings on the validation split; writes best_config.json")
+    p = sub.add_parser(
+        "tune", help="random search of training settings on the validation split; writes best_config.json"
+    )
     _add_data_args(p)
     p.add_argument("--trials", required=True, type=int, help="number of trials; trial 0 is the baseline configuration")
-    p.add_argument("--out", required=True, type=Path, help="folder for best_config.json, trials.csv/json and trials.png")
-    p.add_argument("--config", type=Path, default=None, help="baseline configuration (default: the fixed TrainConfig defaults)")
-    p.add_argument("--space", type=Path, default=None, help="JSON search space, e.g. {\"epochs\": [5, 10], \"lr\": [1e-4, 1e-2]}")
+    p.add_argument(
+        "--out", required=True, type=Path, help="folder for best_config.json, trials.csv/json and trials.png"
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="baseline configuration (default: the fixed TrainConfig defaults)"
+    )
+    p.add_argument(
+        "--space", type=Path, default=None, help='JSON search space, e.g. {"epochs": [5, 10], "lr": [1e-4, 1e-2]}'
+    )
     p.add_argument("--epochs", type=int, default=None, help="baseline epochs")
     p.add_argument("--image-size", type=int, default=None, help="baseline image size")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (training keeps the configuration's seed)")
@@ -105,8 +184,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path, help="CSV manifest (image,<head>...) or Label Studio JSON export")
-    p.add_argument("--label-config", type=Path, default=DEFAULT_LABEL_CONFIG, help="Label Studio labeling config XML (default: the weather project)")
+    p.add_argument(
+        "--data", required=True, type=Path, help="CSV manifest (image,<head>...) or Label Studio JSON export"
+    )
+    p.add_argument(
+        "--label-config",
+        type=Path,
+        default=DEFAULT_LABEL_CONFIG,
+        help="Label Studio labeling config XML (default: the weather project)",
+    )
 
 
 def load_examples(path: Path, schema: LabelSchema, require_labels: bool = True):
@@ -136,7 +222,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     schema = _schema(args.label_config)
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
-    for name, attr in (("backbone", "backbone"), ("weights", "weights"), ("image_size", "image_size"), ("epochs", "epochs"), ("seed", "seed")):
+    for name, attr in (
+        ("backbone", "backbone"),
+        ("weights", "weights"),
+        ("image_size", "image_size"),
+        ("epochs", "epochs"),
+        ("seed", "seed"),
+    ):
         value = getattr(args, attr)
         if value is not None:
             setattr(config, name, value)
@@ -146,8 +238,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.data}: no usable labeled images")
     if args.overfit_batch:
         report = overfit_one_batch(data, config)
-        print(f"overfit one batch of {report['batch_size']} in {report['steps']} steps: "
-              + ", ".join(f"{h} accuracy {a:.1%}" for h, a in report["accuracy"].items()))
+        print(
+            f"overfit one batch of {report['batch_size']} in {report['steps']} steps: "
+            + ", ".join(f"{h} accuracy {a:.1%}" for h, a in report["accuracy"].items())
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "overfit.json").write_text(json.dumps(report, indent=2))
         return
@@ -214,8 +308,19 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         raise UsageError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     data = SimulationData.from_manifest(args.data, pool_size=args.pool, test_size=args.test)
-    result = simulate(data, strategies, seeds, args.out, seed_size=args.seed_size, k=args.k, cycles=args.cycles,
-                      audit_size=args.audit, train_config=config, calibration_labels=args.calibration_labels, jobs=args.jobs)
+    result = simulate(
+        data,
+        strategies,
+        seeds,
+        args.out,
+        seed_size=args.seed_size,
+        k=args.k,
+        cycles=args.cycles,
+        audit_size=args.audit,
+        train_config=config,
+        calibration_labels=args.calibration_labels,
+        jobs=args.jobs,
+    )
     print(f"wrote {result.results_path} and {result.report_path}")
 
 
@@ -230,19 +335,28 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         if not args.url or not args.api_key:
             raise UsageError("--project needs --url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
         export = args.read_project(args.url, args.api_key, args.project, args.out / "images")
-        data = read_export_tasks(export.tasks, LabelSchema.from_xml(export.label_config), export.document_root,
-                                 source=f"{args.url} project {args.project}", errors=export.errors)
+        data = read_export_tasks(
+            export.tasks,
+            LabelSchema.from_xml(export.label_config),
+            export.document_root,
+            source=f"{args.url} project {args.project}",
+            errors=export.errors,
+        )
     elif args.data is not None:
         data = read_input(args.data, _schema(args.label_config), args.document_root)
     else:
-        raise UsageError("give --data (a CSV manifest or a Label Studio JSON export), or --url, --api-key and --project")
+        raise UsageError(
+            "give --data (a CSV manifest or a Label Studio JSON export), or --url, --api-key and --project"
+        )
     model = TrainedModel.load(args.model) if args.model else None
     result = analyze(data, args.out, model=model, image_size=args.image_size or EMBEDDING_SIZE, workers=args.workers)
     s = result.summary
     d = s["duplicates"]
-    print(f"{s['n_items']} images ({s['n_labeled']} labeled): {s['n_unreadable']} unreadable, "
-          f"{len(s['label_problems']['issues'])} unusable labels, {len(s['label_problems']['disagreements'])} disagreements, "
-          f"{s['label_problems']['n_flagged']} suspected wrong labels, {d['n_exact_groups']} exact and {d['n_near_groups']} near duplicate groups")
+    print(
+        f"{s['n_items']} images ({s['n_labeled']} labeled): {s['n_unreadable']} unreadable, "
+        f"{len(s['label_problems']['issues'])} unusable labels, {len(s['label_problems']['disagreements'])} disagreements, "
+        f"{s['label_problems']['n_flagged']} suspected wrong labels, {d['n_exact_groups']} exact and {d['n_near_groups']} near duplicate groups"
+    )
     print(f"wrote {result.report_path} and {result.summary_path}")
 
 
@@ -264,8 +378,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
     paths = write_outputs(result, args.out, space)
     print(format_table(result))
     best, baseline = result.best, result.trials[0]
-    print(f"best: trial {best.number}, validation mean macro-F1 {best.score:.3f} (baseline: {baseline.score if baseline.score is None else round(baseline.score, 3)})")
-    print(f"wrote {paths['best_config']} (use: weather-al train --config {paths['best_config']}, or TRAIN_CONFIG for the backend), {paths['plot']}")
+    print(
+        f"best: trial {best.number}, validation mean macro-F1 {best.score:.3f} (baseline: {baseline.score if baseline.score is None else round(baseline.score, 3)})"
+    )
+    print(
+        f"wrote {paths['best_config']} (use: weather-al train --config {paths['best_config']}, or TRAIN_CONFIG for the backend), {paths['plot']}"
+    )
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -286,4 +404,3 @@ def _schema(path: Path) -> LabelSchema:
     if not Path(path).is_file():
         raise UsageError(f"label config {path} does not exist")
     return LabelSchema.from_file(path)
-

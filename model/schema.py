@@ -70,7 +70,7 @@ class LabelSchema:
         raise KeyError(f"no head named {name!r} (heads: {', '.join(self.head_names)})")
 
     @classmethod
-    def from_xml(cls, xml: str) -> "LabelSchema":
+    def from_xml(cls, xml: str) -> LabelSchema:
         """Parse a Label Studio labeling config; raise :class:`SchemaError` for one it cannot serve."""
         try:
             root = ET.fromstring(xml)
@@ -78,29 +78,35 @@ class LabelSchema:
             raise SchemaError(f"the label config is not valid XML: {exc}") from None
         images = [el for el in root.iter() if el.tag == "Image"]
         if not images:
-            raise SchemaError("<Image>: the label config has no <Image> tag; add one, e.g. <Image name=\"image\" value=\"$image\"/>")
+            raise SchemaError(
+                '<Image>: the label config has no <Image> tag; add one, e.g. <Image name="image" value="$image"/>'
+            )
         if len(images) > 1:
             names = ", ".join(el.get("name", "?") for el in images)
-            raise SchemaError(f"<Image>: the label config has {len(images)} <Image> tags ({names}); exactly one is supported")
+            raise SchemaError(
+                f"<Image>: the label config has {len(images)} <Image> tags ({names}); exactly one is supported"
+            )
         image = images[0]
         image_name, value = image.get("name"), image.get("value", "")
         if not image_name:
             raise SchemaError("<Image>: the tag has no name attribute")
         if not value.startswith("$") or len(value) < 2:
-            raise SchemaError(f"<Image name=\"{image_name}\">: value must name a task field like \"$image\", got {value!r}")
+            raise SchemaError(f'<Image name="{image_name}">: value must name a task field like "$image", got {value!r}')
 
         heads: list[Head] = []
         for el in root.iter("Choices"):
             heads.append(_parse_choices(el, image_name))
         if not heads:
-            raise SchemaError("<Choices>: the label config has no <Choices> tag over the image; add at least one single-choice <Choices>")
+            raise SchemaError(
+                "<Choices>: the label config has no <Choices> tag over the image; add at least one single-choice <Choices>"
+            )
         names = [h.name for h in heads]
         if len(set(names)) != len(names):
             raise SchemaError(f"<Choices>: names must be unique, got {names}")
         return cls(image_name=image_name, image_key=value[1:], heads=tuple(heads))
 
     @classmethod
-    def from_file(cls, path: str | Path = DEFAULT_LABEL_CONFIG) -> "LabelSchema":
+    def from_file(cls, path: str | Path = DEFAULT_LABEL_CONFIG) -> LabelSchema:
         return cls.from_xml(Path(path).read_text(encoding="utf-8"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +117,7 @@ class LabelSchema:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabelSchema":
+    def from_dict(cls, d: dict[str, Any]) -> LabelSchema:
         return cls(
             image_name=d["image_name"],
             image_key=d["image_key"],
@@ -123,13 +129,17 @@ def _parse_choices(el: ET.Element, image_name: str) -> Head:
     name = el.get("name")
     if not name:
         raise SchemaError("<Choices>: a <Choices> tag has no name attribute")
-    where = f"<Choices name=\"{name}\">"
+    where = f'<Choices name="{name}">'
     to_name = el.get("toName")
     if to_name != image_name:
-        raise SchemaError(f"{where}: toName is {to_name!r}, but only Choices over the image {image_name!r} are supported")
+        raise SchemaError(
+            f"{where}: toName is {to_name!r}, but only Choices over the image {image_name!r} are supported"
+        )
     mode = el.get("choice", "single")
     if mode not in _SINGLE_CHOICE:
-        raise SchemaError(f"{where}: choice=\"{mode}\" is not supported; each head must be single-choice (choice=\"single\")")
+        raise SchemaError(
+            f'{where}: choice="{mode}" is not supported; each head must be single-choice (choice="single")'
+        )
     classes: list[str] = []
     for choice in el.iter("Choice"):
         label = choice.get("alias") or choice.get("value")

@@ -17,13 +17,19 @@ class ImageLimits(BaseSettings):
     """Limits on every image the model reads (see ``model.data.images.load_image``)."""
 
     # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True,
-                                      hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True, hide_input_in_errors=True
+    )
 
-    max_image_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb limit (width x height), checked "
-                                  "on the header before any pixel is decoded",
-                                  validation_alias=AliasChoices("max_image_pixels", "weather_al_max_image_pixels"))
-    max_image_bytes: int = Field(30 * 1024 * 1024, gt=0, description="files (and downloads) larger than this are refused")
+    max_image_pixels: int = Field(
+        40_000_000,
+        gt=0,
+        description="decompression-bomb limit (width x height), checked on the header before any pixel is decoded",
+        validation_alias=AliasChoices("max_image_pixels", "weather_al_max_image_pixels"),
+    )
+    max_image_bytes: int = Field(
+        30 * 1024 * 1024, gt=0, description="files (and downloads) larger than this are refused"
+    )
 
 
 @lru_cache(maxsize=1)

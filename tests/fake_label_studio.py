@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 Fault = str | int
@@ -39,8 +40,12 @@ class FakeLabelStudio:
         self.clock_skew = clock_skew
         self.tasks: dict[int, dict[str, Any]] = {}
         self.views: dict[int, dict[str, Any]] = {}
-        self.project: dict[str, Any] = {"id": project_id, "title": "fake", "label_config": "<View/>",
-                                        "model_version": ""}
+        self.project: dict[str, Any] = {
+            "id": project_id,
+            "title": "fake",
+            "label_config": "<View/>",
+            "model_version": "",
+        }
         self.faults: dict[str, deque[Fault]] = defaultdict(deque)
         self.requests: list[tuple[str, str]] = []
         self.convert_budget: int | None = None  # convert at most this many more tasks; past it, answer 500
@@ -52,22 +57,41 @@ class FakeLabelStudio:
 
     # state, for tests to arrange and inspect ----------------------------------------------------
     def add_task(self, task_id: int) -> dict[str, Any]:
-        self.tasks[task_id] = {"id": task_id, "data": {"image": f"/data/upload/{task_id}.jpg"}, "annotations": [],
-                               "predictions": [], "project": self.project_id}
+        self.tasks[task_id] = {
+            "id": task_id,
+            "data": {"image": f"/data/upload/{task_id}.jpg"},
+            "annotations": [],
+            "predictions": [],
+            "project": self.project_id,
+        }
         return self.tasks[task_id]
 
     def add_prediction(self, task_id: int, version: str) -> dict[str, Any]:
-        pred = {"id": next(self._ids), "task": task_id, "model_version": version, "score": 0.9,
-                "result": [{"from_name": "weather", "to_name": "image", "type": "choices",
-                            "value": {"choices": ["clear"]}}]}
+        pred = {
+            "id": next(self._ids),
+            "task": task_id,
+            "model_version": version,
+            "score": 0.9,
+            "result": [
+                {"from_name": "weather", "to_name": "image", "type": "choices", "value": {"choices": ["clear"]}}
+            ],
+        }
         self.tasks[task_id]["predictions"].append(pred)
         return pred
 
-    def add_annotation(self, task_id: int, parent_prediction: int | None = None,
-                       updated_by: int | None = None) -> dict[str, Any]:
+    def add_annotation(
+        self, task_id: int, parent_prediction: int | None = None, updated_by: int | None = None
+    ) -> dict[str, Any]:
         created = (datetime.now(timezone.utc) + self.clock_skew).isoformat().replace("+00:00", "Z")
-        ann = {"id": next(self._ids), "task": task_id, "parent_prediction": parent_prediction, "updated_by": updated_by,
-               "completed_by": 1, "created_at": created, "result": []}
+        ann = {
+            "id": next(self._ids),
+            "task": task_id,
+            "parent_prediction": parent_prediction,
+            "updated_by": updated_by,
+            "completed_by": 1,
+            "created_at": created,
+            "result": [],
+        }
         self.tasks[task_id]["annotations"].append(ann)
         return ann
 
@@ -107,9 +131,13 @@ class FakeLabelStudio:
 
     def _page(self, page: int, size: int) -> dict[str, Any]:
         tasks = sorted(self.tasks.values(), key=lambda t: t["id"])
-        chunk = tasks[(page - 1) * size:page * size]
-        return {"tasks": json.loads(json.dumps(chunk)), "total": len(tasks), "total_annotations": 0,
-                "total_predictions": 0}
+        chunk = tasks[(page - 1) * size : page * size]
+        return {
+            "tasks": json.loads(json.dumps(chunk)),
+            "total": len(tasks),
+            "total_annotations": 0,
+            "total_predictions": 0,
+        }
 
     def _import(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         for item in items:
@@ -118,7 +146,7 @@ class FakeLabelStudio:
         return {"created": len(items)}
 
     def _convert(self, task_ids: list[int], version: str) -> dict[str, Any]:
-        todo = task_ids if self.convert_budget is None else task_ids[:self.convert_budget]
+        todo = task_ids if self.convert_budget is None else task_ids[: self.convert_budget]
         if self.convert_budget is not None:
             self.convert_budget -= len(todo)
         for tid in todo:

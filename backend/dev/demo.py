@@ -80,6 +80,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 @contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt, so clean-up runs as on Ctrl-C."""
+
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
@@ -117,23 +118,39 @@ class Stack:
     _owns_label_studio: bool = True  # a Label Studio handed to ``start`` belongs to the caller, who stops it
 
     @classmethod
-    def start(cls, workdir: Path, ls_port: int | None = 8080, backend_port: int | None = 9090, extra_env: dict[str, str] | None = None,
-              label_studio: LocalLabelStudio | RunningLabelStudio | None = None) -> "Stack":
+    def start(
+        cls,
+        workdir: Path,
+        ls_port: int | None = 8080,
+        backend_port: int | None = 9090,
+        extra_env: dict[str, str] | None = None,
+        label_studio: LocalLabelStudio | RunningLabelStudio | None = None,
+    ) -> Stack:
         workdir.mkdir(parents=True, exist_ok=True)
-        stack = cls(workdir=workdir, document_root=label_studio.document_root if label_studio else workdir / "files",
-                    _owns_label_studio=label_studio is None)
+        stack = cls(
+            workdir=workdir,
+            document_root=label_studio.document_root if label_studio else workdir / "files",
+            _owns_label_studio=label_studio is None,
+        )
         stack.document_root.mkdir(parents=True, exist_ok=True)
         try:
-            stack.label_studio = label_studio or start_label_studio(workdir / "label-studio", stack.document_root, port=free_port(ls_port))
+            stack.label_studio = label_studio or start_label_studio(
+                workdir / "label-studio", stack.document_root, port=free_port(ls_port)
+            )
             stack.redis_url = os.environ.get("REDIS_URL") or ""
             if not stack.redis_url:
                 stack._redis, stack.redis_url = start_embedded_redis(workdir / "redis")
             port = free_port(backend_port)
             stack.backend_url = f"http://127.0.0.1:{port}"
             stack.env = {
-                **os.environ, "LABEL_STUDIO_URL": stack.label_studio.url, "LABEL_STUDIO_API_KEY": stack.label_studio.token,
-                "MODEL_DIR": str(workdir / "models"), "REDIS_URL": stack.redis_url, "PORT": str(port),
-                "LOCAL_FILES_DOCUMENT_ROOT": str(stack.document_root), **(extra_env or {}),
+                **os.environ,
+                "LABEL_STUDIO_URL": stack.label_studio.url,
+                "LABEL_STUDIO_API_KEY": stack.label_studio.token,
+                "MODEL_DIR": str(workdir / "models"),
+                "REDIS_URL": stack.redis_url,
+                "PORT": str(port),
+                "LOCAL_FILES_DOCUMENT_ROOT": str(stack.document_root),
+                **(extra_env or {}),
             }
             logs = workdir / "logs"
             logs.mkdir(exist_ok=True)
@@ -147,8 +164,13 @@ class Stack:
 
     def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
         fh = open(log, "ab")
-        p = subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", *args],
+            env=self.env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append(p)
         return p
 
@@ -179,7 +201,9 @@ class Stack:
             self._redis.shutdown()
 
 
-def create_scene_project(ls: LabelStudio, scenes: Path, document_root: Path, title: str = "Weather (demo)") -> tuple[int, dict[int, dict[str, str]]]:
+def create_scene_project(
+    ls: LabelStudio, scenes: Path, document_root: Path, title: str = "Weather (demo)"
+) -> tuple[int, dict[int, dict[str, str]]]:
     """A project over the synthetic scenes in ``scenes`` (under ``document_root``), with local storage.
 
     Returns the project id and the annotator's answers per task id (the manifest's labels: what a
@@ -213,7 +237,9 @@ class SimulatedAnnotator:
 
     def label(self, task_ids: list[int]) -> None:
         for tid in task_ids:
-            self.ls.annotations.create(id=int(tid), result=choices_result(self.schema, self.answers[int(tid)]), ground_truth=False)
+            self.ls.annotations.create(
+                id=int(tid), result=choices_result(self.schema, self.answers[int(tid)]), ground_truth=False
+            )
 
 
 def wait_for_version(ls: LabelStudio, project: int, previous: str | None, timeout: float = 1800) -> str:
@@ -252,8 +278,17 @@ def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]
     return [as_dict(t) for t in ls.tasks.list(project=project, view=view["id"], fields="all")]
 
 
-def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: int, epochs: int | None, seed: int = 0,
-             label_studio: RunningLabelStudio | None = None) -> None:
+def run_demo(
+    workdir: Path,
+    n: int,
+    seed_size: int,
+    cycles: int,
+    wait: bool,
+    k: int,
+    epochs: int | None,
+    seed: int = 0,
+    label_studio: RunningLabelStudio | None = None,
+) -> None:
     workdir = workdir.resolve()
     print(f"weather-al demo: working in {workdir}")
     extra = {"MIN_LABELS": "10", "MANUAL_BATCH": str(k), "TRAIN_EVERY": str(10**6), "AUTO_ACCEPT": "true"}
@@ -263,8 +298,17 @@ def run_demo(workdir: Path, n: int, seed_size: int, cycles: int, wait: bool, k: 
         _run_demo(workdir, extra, n, seed_size, cycles, wait, k, seed, label_studio)
 
 
-def _run_demo(workdir: Path, extra: dict[str, str], n: int, seed_size: int, cycles: int, wait: bool, k: int, seed: int,
-              label_studio: RunningLabelStudio | None) -> None:
+def _run_demo(
+    workdir: Path,
+    extra: dict[str, str],
+    n: int,
+    seed_size: int,
+    cycles: int,
+    wait: bool,
+    k: int,
+    seed: int,
+    label_studio: RunningLabelStudio | None,
+) -> None:
     from model.sim.scenes import generate
 
     """The demo after its settings: Stack.start stops what it started if it is interrupted, the rest here."""
@@ -301,16 +345,24 @@ def _run_demo(workdir: Path, extra: dict[str, str], n: int, seed_size: int, cycl
             audit = [int(t["id"]) for t in view_tasks(ls, project, AUDIT_VIEW) if not t.get("annotations")]
             annotator.label(queue + audit)
             runs = finished_runs(models, project)
-            print(f"cycle {c}: the simulated annotator labeled {len(queue)} queued and {len(audit)} audit tasks; retraining ...")
+            print(
+                f"cycle {c}: the simulated annotator labeled {len(queue)} queued and {len(audit)} audit tasks; retraining ..."
+            )
             ls.ml.train(id=ml.id)
             version = wait_for_run(ls, project, models, runs)
             rows.append(cycle_row(ls, project, answers, version, c, machine_ids()))
         print_table(rows)
         url = f"{stack.label_studio.url}/projects/{project}/data"
-        login = f"{stack.label_studio.username} / {stack.label_studio.password}" if stack.label_studio.password else stack.label_studio.username
+        login = (
+            f"{stack.label_studio.username} / {stack.label_studio.password}"
+            if stack.label_studio.password
+            else stack.label_studio.username
+        )
         print(f"\nLabel Studio: {url}\nlogin: {login}")
         if wait:
-            print("Open the project, pick the 'Active learning queue' tab and click 'Label All Tasks'. Ctrl-C stops everything.")
+            print(
+                "Open the project, pick the 'Active learning queue' tab and click 'Label All Tasks'. Ctrl-C stops everything."
+            )
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
@@ -319,8 +371,9 @@ def _run_demo(workdir: Path, extra: dict[str, str], n: int, seed_size: int, cycl
         stack.stop()
 
 
-def cycle_row(ls: LabelStudio, project: int, answers: dict[int, dict[str, str]], version: str, cycle: int,
-              machine_ids: set[int]) -> dict[str, Any]:
+def cycle_row(
+    ls: LabelStudio, project: int, answers: dict[int, dict[str, str]], version: str, cycle: int, machine_ids: set[int]
+) -> dict[str, Any]:
     """People's labels, the model's labels (the bulk accepts the backend recorded), their measured precision,
     and macro-F1 of the current predictions."""
     from sklearn.metrics import f1_score
@@ -345,14 +398,22 @@ def cycle_row(ls: LabelStudio, project: int, answers: dict[int, dict[str, str]],
                 pred[h].append(got[h])
                 true[h].append(answers[tid][h])
     f1 = [f1_score(true[h], pred[h], average="macro") for h in schema.head_names if true[h]]
-    return {"cycle": cycle, "version": version, "human": human, "machine": machine,
-            "precision": right / machine if machine else float("nan"), "macro_f1": sum(f1) / len(f1) if f1 else float("nan")}
+    return {
+        "cycle": cycle,
+        "version": version,
+        "human": human,
+        "machine": machine,
+        "precision": right / machine if machine else float("nan"),
+        "macro_f1": sum(f1) / len(f1) if f1 else float("nan"),
+    }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'cycle':>5} {'version':<22} {'by people':>9} {'by model':>9} {'precision':>9} {'macro-F1':>8}")
     for r in rows:
-        print(f"{r['cycle']:>5} {r['version']:<22} {r['human']:>9} {r['machine']:>9} {r['precision']:>9.3f} {r['macro_f1']:>8.3f}")
+        print(
+            f"{r['cycle']:>5} {r['version']:<22} {r['human']:>9} {r['machine']:>9} {r['precision']:>9.3f} {r['macro_f1']:>8.3f}"
+        )
 
 
 def show_queue(ls: LabelStudio, project: int) -> None:
@@ -360,5 +421,7 @@ def show_queue(ls: LabelStudio, project: int) -> None:
     print(f"\nActive learning queue (highest predicted loss first), top 5 of {len(queue)}:")
     for t in queue[:5]:
         print(f"  task {t['id']}: score {t.get('predictions_score')}")
-    print(f"Auto-annotation candidates: {len(view_tasks(ls, project, CANDIDATES_VIEW))} tasks; "
-          f"audit sample: {len(view_tasks(ls, project, AUDIT_VIEW))} tasks")
+    print(
+        f"Auto-annotation candidates: {len(view_tasks(ls, project, CANDIDATES_VIEW))} tasks; "
+        f"audit sample: {len(view_tasks(ls, project, AUDIT_VIEW))} tasks"
+    )

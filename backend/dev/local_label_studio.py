@@ -98,12 +98,20 @@ def ensure_label_studio(venv: Path | None = None) -> Path:
             _run_install_step([sys.executable, "-m", "venv", str(venv)], "create the Label Studio venv")
         logger.info(
             "Installing label-studio==%s into %s (found %s; takes 1-2 minutes)",
-            LABEL_STUDIO_VERSION, venv, installed or "nothing",
+            LABEL_STUDIO_VERSION,
+            venv,
+            installed or "nothing",
         )
         started = time.monotonic()
         _run_install_step(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-             f"label-studio=={LABEL_STUDIO_VERSION}"],
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                f"label-studio=={LABEL_STUDIO_VERSION}",
+            ],
             f"install label-studio=={LABEL_STUDIO_VERSION}",
         )
         installed = _installed_version(venv)
@@ -274,8 +282,7 @@ def start_label_studio(
     token = token or secrets.token_hex(20)
     log_path = data_dir / LOG_FILENAME
 
-    logger.info("Starting Label Studio %s on port %d (data %s, log %s)",
-                LABEL_STUDIO_VERSION, port, data_dir, log_path)
+    logger.info("Starting Label Studio %s on port %d (data %s, log %s)", LABEL_STUDIO_VERSION, port, data_dir, log_path)
     started = time.monotonic()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -288,8 +295,14 @@ def start_label_studio(
             start_new_session=True,  # own process group, so stop() reaches any children too
         )
     server = LocalLabelStudio(
-        url=f"http://127.0.0.1:{port}", username=username, password=password, token=token,
-        data_dir=data_dir, document_root=document_root, log_path=log_path, process=process,
+        url=f"http://127.0.0.1:{port}",
+        username=username,
+        password=password,
+        token=token,
+        data_dir=data_dir,
+        document_root=document_root,
+        log_path=log_path,
+        process=process,
     )
     try:
         _wait_until_up(server, timeout)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from label_studio_sdk import LabelStudio
@@ -28,17 +29,34 @@ AUDIT_VIEW = "Audit sample"
 UNCERTAINTY = "Uncertainty sampling"
 UNIFORM = "Uniform sampling"
 
-_INTERNAL_COLUMNS = ["tasks:inner_id", "tasks:annotations_results", "tasks:annotations_ids", "tasks:predictions_model_versions",
-                     "tasks:file_upload", "tasks:storage_filename", "tasks:created_at", "tasks:updated_at", "tasks:updated_by",
-                     "tasks:avg_lead_time", "tasks:draft_exists"]
+_INTERNAL_COLUMNS = [
+    "tasks:inner_id",
+    "tasks:annotations_results",
+    "tasks:annotations_ids",
+    "tasks:predictions_model_versions",
+    "tasks:file_upload",
+    "tasks:storage_filename",
+    "tasks:created_at",
+    "tasks:updated_at",
+    "tasks:updated_by",
+    "tasks:avg_lead_time",
+    "tasks:draft_exists",
+]
 #: Columns hidden in the backend's tabs when it creates them: Label Studio's defaults for its own
 #: "Default" tab (1.23.2), except that the prediction score stays visible, since the ranking is what
 #: these tabs are about. A tab created through the API without this shows every column, and the
 #: score and the images end up off-screen.
 HIDDEN_COLUMNS: dict[str, list[str]] = {
     "explore": [*_INTERNAL_COLUMNS, "tasks:predictions_results"],
-    "labeling": ["tasks:id", "tasks:completed_at", "tasks:cancelled_annotations", "tasks:total_predictions", "tasks:annotators",
-                 "tasks:predictions_results", *_INTERNAL_COLUMNS],
+    "labeling": [
+        "tasks:id",
+        "tasks:completed_at",
+        "tasks:cancelled_annotations",
+        "tasks:total_predictions",
+        "tasks:annotators",
+        "tasks:predictions_results",
+        *_INTERNAL_COLUMNS,
+    ],
 }
 
 
@@ -88,16 +106,19 @@ def retry(call: Callable[[], T], what: str) -> T:
                     raise LabelStudioError(f"Label Studio refused to {what}: {describe(exc)}") from exc
                 raise
             if attempt == ATTEMPTS:
-                raise LabelStudioError(f"could not {what} after {ATTEMPTS} attempts: {describe(exc)}; "
-                                       "is Label Studio up and healthy at LABEL_STUDIO_URL?") from exc
+                raise LabelStudioError(
+                    f"could not {what} after {ATTEMPTS} attempts: {describe(exc)}; "
+                    "is Label Studio up and healthy at LABEL_STUDIO_URL?"
+                ) from exc
             logger.warning("could not %s (%s); retrying in %.0f s", what, describe(exc), wait)
             time.sleep(wait)
             wait *= 2
     raise AssertionError("unreachable")
 
 
-def resumable(send: Callable[[list[X]], Any], items: list[X],
-              pending: Callable[[list[X]], list[X]]) -> Callable[[], None]:
+def resumable(
+    send: Callable[[list[X]], Any], items: list[X], pending: Callable[[list[X]], list[X]]
+) -> Callable[[], None]:
     """Make a non-idempotent POST over ``items`` safe for ``retry``.
 
     The first try sends every item. A try that failed may still have committed on the server (the answer was
@@ -112,6 +133,7 @@ def resumable(send: Callable[[list[X]], Any], items: list[X],
         sent = True
         if todo:
             send(todo)
+
     return attempt
 
 
@@ -131,8 +153,11 @@ def from_version(task: dict[str, Any], version: str) -> list[dict[str, Any]]:
     from; a task listed with ``fields="all"`` carries its predictions as dicts with ``id`` and
     ``model_version``. A prediction given as a bare id says nothing of its version and matches nothing.
     """
-    parents = {p["id"] for p in task.get("predictions") or []
-               if isinstance(p, dict) and p.get("model_version") == version and p.get("id") is not None}
+    parents = {
+        p["id"]
+        for p in task.get("predictions") or []
+        if isinstance(p, dict) and p.get("model_version") == version and p.get("id") is not None
+    }
     return [a for a in (as_dict(a) for a in task.get("annotations") or []) if a.get("parent_prediction") in parents]
 
 
@@ -141,7 +166,9 @@ class LabelStudioProject:
 
     def __init__(self, url: str, api_key: str, project_id: int) -> None:
         if not api_key:
-            raise LabelStudioError("LABEL_STUDIO_API_KEY is not set; the worker needs a token to read annotations (Account & Settings > Access Token)")
+            raise LabelStudioError(
+                "LABEL_STUDIO_API_KEY is not set; the worker needs a token to read annotations (Account & Settings > Access Token)"
+            )
         self.url = url.rstrip("/")
         # max_retries=0: ``retry`` is the one retry policy, so a call's requests stay bounded (see there)
         self.client = LabelStudio(base_url=self.url, api_key=api_key, timeout=60, max_retries=0)
@@ -176,22 +203,34 @@ class LabelStudioProject:
         which is how an import whose answer was lost shows up.
         """
         if any(not p.get("model_version") for p in predictions):
-            raise ValueError("every prediction to import needs its model_version, "
-                             "so that a retried import can tell which are already there")
+            raise ValueError(
+                "every prediction to import needs its model_version, "
+                "so that a retried import can tell which are already there"
+            )
         for start in range(0, len(predictions), batch):
-            chunk = predictions[start:start + batch]
-            send = resumable(lambda todo: self.client.projects.import_predictions(id=self.id, request=todo), chunk,
-                             self._not_imported)
+            chunk = predictions[start : start + batch]
+            send = resumable(
+                lambda todo: self.client.projects.import_predictions(id=self.id, request=todo),
+                chunk,
+                self._not_imported,
+            )
             retry(send, f"import {len(chunk)} predictions")
 
     def _not_imported(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The ``predictions`` whose task holds none of their model version yet (one try at listing)."""
-        held = {(int(t["id"]), p.get("model_version")) for t in self._list_tasks()
-                for p in t.get("predictions") or [] if isinstance(p, dict)}
+        held = {
+            (int(t["id"]), p.get("model_version"))
+            for t in self._list_tasks()
+            for p in t.get("predictions") or []
+            if isinstance(p, dict)
+        }
         return [p for p in predictions if (int(p["task"]), p["model_version"]) not in held]
 
     def use_version(self, version: str, sampling: str = UNCERTAINTY) -> None:
-        retry(lambda: self.client.projects.update(id=self.id, model_version=version, sampling=sampling), f"set model version {version}")
+        retry(
+            lambda: self.client.projects.update(id=self.id, model_version=version, sampling=sampling),
+            f"set model version {version}",
+        )
 
     def set_sampling(self, sampling: str) -> None:
         retry(lambda: self.client.projects.update(id=self.id, sampling=sampling), f"set sampling to {sampling}")
@@ -228,7 +267,9 @@ class LabelStudioProject:
 
         def convert(todo: list[int]) -> None:
             self.client.actions.create(
-                id="predictions_to_annotations", project=self.id, selected_items={"all": False, "included": todo},
+                id="predictions_to_annotations",
+                project=self.id,
+                selected_items={"all": False, "included": todo},
                 request_options=RequestOptions(additional_body_parameters={"model_version": version}),
             )
 
@@ -263,7 +304,12 @@ class LabelStudioProject:
 
 
 def score_range_filter(low: float, high: float = 1.0) -> dict[str, Any]:
-    return {"filter": "filter:tasks:predictions_score", "operator": "in", "type": "Number", "value": {"min": low, "max": high}}
+    return {
+        "filter": "filter:tasks:predictions_score",
+        "operator": "in",
+        "type": "Number",
+        "value": {"min": low, "max": high},
+    }
 
 
 def unlabeled_filter() -> dict[str, Any]:

@@ -32,7 +32,9 @@ class ProjectExport:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def read_project_export(url: str, api_key: str, project_id: int, cache_dir: Path, document_root: Path | None = None) -> ProjectExport:
+def read_project_export(
+    url: str, api_key: str, project_id: int, cache_dir: Path, document_root: Path | None = None
+) -> ProjectExport:
     """Every task of ``project_id`` with its annotations; images are fetched into ``cache_dir``.
 
     ``document_root``: Label Studio's LOCAL_FILES_DOCUMENT_ROOT when it is on this machine (default:

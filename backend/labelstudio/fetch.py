@@ -108,14 +108,17 @@ def _origin(url: str) -> Origin:
         raise FetchError(f"refusing {_shown(url)}: not a valid URL ({type(exc).__name__})") from None
     scheme = (parts.scheme or "").lower()
     if scheme not in _DEFAULT_PORTS:
-        raise FetchError(f"refusing {_shown(url)}: only http and https URLs are fetched, "
-                         f"not {scheme or 'a schemeless'} URLs")
+        raise FetchError(
+            f"refusing {_shown(url)}: only http and https URLs are fetched, not {scheme or 'a schemeless'} URLs"
+        )
     if not parts.host:
         raise FetchError(f"refusing {_shown(url)}: no host")
     origin = (scheme, parts.host.strip("[]").lower(), parts.port or _DEFAULT_PORTS[scheme])
     if _naive_origin(url) != origin:
-        raise FetchError(f"refusing {_shown(url)}: URL parsers disagree on its host (a backslash or a similar trick); "
-                         "write the URL plainly")
+        raise FetchError(
+            f"refusing {_shown(url)}: URL parsers disagree on its host (a backslash or a similar trick); "
+            "write the URL plainly"
+        )
     if parts.auth is not None or "@" in _split(url).netloc:
         raise FetchError(f"refusing {_shown(url)}: user info in an image URL (a name before '@') is not accepted")
     return origin
@@ -267,9 +270,16 @@ class ImageFetcher:
     @classmethod
     def from_settings(cls, settings: Settings, label_studio_url: str | None, token: str | None) -> ImageFetcher:
         """The fetcher of the backend's processes: the settings' limits and the shared cache under MODEL_DIR."""
-        return cls(label_studio_url, token, settings.model_dir / "image-cache", settings.local_files_document_root,
-                   max_bytes=settings.max_image_bytes, timeout=settings.fetch_timeout, deadline=settings.fetch_deadline,
-                   cache_bytes=settings.image_cache_bytes)
+        return cls(
+            label_studio_url,
+            token,
+            settings.model_dir / "image-cache",
+            settings.local_files_document_root,
+            max_bytes=settings.max_image_bytes,
+            timeout=settings.fetch_timeout,
+            deadline=settings.fetch_deadline,
+            cache_bytes=settings.image_cache_bytes,
+        )
 
     @property
     def _session(self) -> requests.Session:
@@ -289,7 +299,9 @@ class ImageFetcher:
         if not token:
             return None
         if not _TOKEN_RE.fullmatch(token):
-            raise FetchError("the Label Studio token contains spaces or non-printable characters; copy it again from Account & Settings")
+            raise FetchError(
+                "the Label Studio token contains spaces or non-printable characters; copy it again from Account & Settings"
+            )
         return f"Bearer {token}" if token.count(".") == 2 else f"Token {token}"
 
     def fetch(self, url: str) -> Path:
@@ -384,8 +396,9 @@ class ImageFetcher:
                 return self._follow(url, target, started)
             except FetchError:
                 if expired.is_set():
-                    raise FetchError(f"{_shown(url)}: the download took over {self.deadline} s (FETCH_DEADLINE)"
-                                     ) from None
+                    raise FetchError(
+                        f"{_shown(url)}: the download took over {self.deadline} s (FETCH_DEADLINE)"
+                    ) from None
                 raise
 
     def _follow(self, url: str, target: Path, started: float) -> Path:
@@ -441,7 +454,9 @@ class ImageFetcher:
         try:
             self._write_cache(target, body(), url)
         except urllib3.exceptions.HTTPError as exc:
-            raise FetchError(f"{url!r}: the download broke off or stalled for over {self.timeout} s ({type(exc).__name__})") from exc
+            raise FetchError(
+                f"{url!r}: the download broke off or stalled for over {self.timeout} s ({type(exc).__name__})"
+            ) from exc
 
     def _write_cache(self, target: Path, chunks: Iterable[bytes], url: str) -> None:
         """Write ``chunks`` to ``target`` atomically (a temporary file renamed into place), under the byte cap.
@@ -463,8 +478,10 @@ class ImageFetcher:
                     out.write(chunk)
             os.replace(tmp_name, target)
         except OSError as exc:
-            raise FetchError(f"{url!r}: cannot write to the image cache {self.cache_dir} ({exc.strerror or exc}); "
-                             "free disk space there or lower IMAGE_CACHE_BYTES") from exc
+            raise FetchError(
+                f"{url!r}: cannot write to the image cache {self.cache_dir} ({exc.strerror or exc}); "
+                "free disk space there or lower IMAGE_CACHE_BYTES"
+            ) from exc
         finally:
             if tmp_name is not None:
                 Path(tmp_name).unlink(missing_ok=True)

@@ -43,10 +43,16 @@ def choices_result(schema: LabelSchema, labels: dict[str, str]) -> list[dict[str
     ]
 
 
-def prediction_items(result: ScoreResult, version: str, calibrator: CorrectnessCalibrator | None) -> list[dict[str, Any]]:
+def prediction_items(
+    result: ScoreResult, version: str, calibrator: CorrectnessCalibrator | None
+) -> list[dict[str, Any]]:
     """One Label Studio prediction per scored image, in ``result`` order."""
     scores = score_from_loss(result.predicted_loss, calibrator) if len(result) else np.zeros(0)
     return [
-        {"result": choices_result(result.schema, result.labels_of(i)), "score": float(scores[i]), "model_version": version}
+        {
+            "result": choices_result(result.schema, result.labels_of(i)),
+            "score": float(scores[i]),
+            "model_version": version,
+        }
         for i in range(len(result))
     ]

@@ -65,8 +65,10 @@ def project_id(value: Any) -> str:
         value = str(value)
     text = value.split(".", 1)[0] if isinstance(value, str) else ""
     if not is_project_id(text):
-        raise BadRequest(f"'project' must be a Label Studio project id like \"3.1700000000\" (at most "
-                         f"{MAX_PROJECT_ID_DIGITS} digits), got {_shown(value)}")
+        raise BadRequest(
+            f"'project' must be a Label Studio project id like \"3.1700000000\" (at most "
+            f"{MAX_PROJECT_ID_DIGITS} digits), got {_shown(value)}"
+        )
     return str(int(text))
 
 
@@ -107,16 +109,22 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
     predictor = Predictor(settings, store)
     registry = CollectorRegistry()
     requests_total = Counter("weather_al_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
-    latency = Histogram("weather_al_request_seconds", "HTTP request latency", ["endpoint"], registry=registry,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100))
+    latency = Histogram(
+        "weather_al_request_seconds",
+        "HTTP request latency",
+        ["endpoint"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100),
+    )
     registry.register(_StoreCollector(store))
 
     def json_body() -> dict[str, Any]:
         try:
             data = request.get_json(silent=True)
         except RecursionError:
-            raise BadRequest("the request body is JSON nested too deeply to read; Label Studio sends flat objects") \
-                from None
+            raise BadRequest(
+                "the request body is JSON nested too deeply to read; Label Studio sends flat objects"
+            ) from None
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data
@@ -128,20 +136,36 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         if broker is None:
             raise BadRequest(NO_QUEUE, 503)
         try:
-            broker.queue.enqueue(func, *args, at_front=True, job_timeout=600, result_ttl=86400, failure_ttl=7 * 86400,
-                                 retry=Retry(max=5, interval=[10, 60, 300, 900, 3600]))
+            broker.queue.enqueue(
+                func,
+                *args,
+                at_front=True,
+                job_timeout=600,
+                result_ttl=86400,
+                failure_ttl=7 * 86400,
+                retry=Retry(max=5, interval=[10, 60, 300, 900, 3600]),
+            )
         except redis.RedisError as exc:
             logger.error("cannot queue %s: %s: %s", func, type(exc).__name__, exc)
-            raise BadRequest("training queue unavailable (cannot reach Redis); Label Studio's next event is "
-                             "checked once Redis is back", 503) from None
+            raise BadRequest(
+                "training queue unavailable (cannot reach Redis); Label Studio's next event is "
+                "checked once Redis is back",
+                503,
+            ) from None
 
     @app.before_request
     def _auth_and_clock() -> Response | None:
         g.start = time.perf_counter()
-        if settings.basic_auth_enabled and request.path != "/health" and not credentials_match(
-                request.authorization, settings.basic_auth_user or "", settings.basic_auth_pass or ""):
-            resp = jsonify({"error": "authentication required: use the BASIC_AUTH_USER/BASIC_AUTH_PASS set on the "
-                                     "backend"})
+        if (
+            settings.basic_auth_enabled
+            and request.path != "/health"
+            and not credentials_match(
+                request.authorization, settings.basic_auth_user or "", settings.basic_auth_pass or ""
+            )
+        ):
+            resp = jsonify(
+                {"error": "authentication required: use the BASIC_AUTH_USER/BASIC_AUTH_PASS set on the backend"}
+            )
             resp.status_code = 401
             resp.headers["WWW-Authenticate"] = 'Basic realm="weather-al"'
             return resp
@@ -160,8 +184,12 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
-        return jsonify({"error": f"the request body is over MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes): "
-                                 "select fewer tasks per request, or raise MAX_REQUEST_BYTES on the backend"}), 413
+        return jsonify(
+            {
+                "error": f"the request body is over MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes): "
+                "select fewer tasks per request, or raise MAX_REQUEST_BYTES on the backend"
+            }
+        ), 413
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
@@ -176,8 +204,14 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
     @app.get("/health")
     def health():
         redis_up = broker.ping() if broker else False
-        return jsonify({"status": "UP", "model_class": "WeatherAL", "redis": "up" if redis_up else "down",
-                        "queue": "ok" if redis_up else "training requests cannot be queued until Redis is back"})
+        return jsonify(
+            {
+                "status": "UP",
+                "model_class": "WeatherAL",
+                "redis": "up" if redis_up else "down",
+                "queue": "ok" if redis_up else "training requests cannot be queued until Redis is back",
+            }
+        )
 
     @app.post("/setup")
     def setup():
@@ -189,7 +223,9 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
             extra = project_settings(data.get("extra_params"))
         except ValueError as exc:
             raise BadRequest(f"{exc} (Settings > Model > Edit > Extra params)", 422) from None
-        if extra != (store.state(pid).get("extra_params") or {}):  # Label Studio calls /setup before every predict batch
+        if extra != (
+            store.state(pid).get("extra_params") or {}
+        ):  # Label Studio calls /setup before every predict batch
             store.update_state(pid, extra_params=extra)
             logger.info("project %s: Extra params now %s", pid, extra or "none (the backend's settings)")
         return jsonify({"model_version": store.current_version(pid) or "untrained"})
@@ -222,25 +258,33 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         if action == BULK_ACCEPT_ACTION:
             return bulk_accept(data)
         if action not in TRAIN_ACTIONS | ANNOTATION_ACTIONS:
-            return jsonify({"status": "ignored", "action": action, "message": f"action {action} does not affect training"})
+            return jsonify(
+                {"status": "ignored", "action": action, "message": f"action {action} does not affect training"}
+            )
         pid = project_id(data.get("project"))
         edit = _edit_claim(action, data.get("annotation"))
         if broker is None:
             raise BadRequest(NO_QUEUE, 503)
         if edit is not None and edit[0] in store.state(pid).get("machine_task_ids", []):
             queued_check(CHECK_EDIT, int(pid), *edit)
-            logger.info("project %s: task %s is machine-labeled and was saved; the worker checks who saved it",
-                        pid, edit[0])
+            logger.info(
+                "project %s: task %s is machine-labeled and was saved; the worker checks who saved it", pid, edit[0]
+            )
         try:
             if action in TRAIN_ACTIONS:
                 outcome = broker.request_training(pid, action)
-            elif broker.count_annotation(pid, every := settings.for_project(store.state(pid).get("extra_params")).train_every):
+            elif broker.count_annotation(
+                pid, every := settings.for_project(store.state(pid).get("extra_params")).train_every
+            ):
                 outcome = broker.request_training(pid, f"{every} annotation events")
             else:
                 outcome = "counted"
         except QueueUnavailable as exc:
             logger.error("project %s: %s", pid, exc)
-            raise BadRequest(f"training queue unavailable: {exc}; the event will be picked up by the next one once Redis is back", 503) from None
+            raise BadRequest(
+                f"training queue unavailable: {exc}; the event will be picked up by the next one once Redis is back",
+                503,
+            ) from None
         return jsonify({"status": outcome, "action": action, "project": pid})
 
     def bulk_accept(data: dict[str, Any]):
@@ -254,12 +298,24 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         converted = {t for t, a in zip(tasks, annotations) if a.get("parent_prediction") is not None}
         claimed = sorted(converted - set(store.state(pid).get("machine_task_ids", [])))
         if not claimed:
-            return jsonify({"status": "known", "action": BULK_ACCEPT_ACTION, "project": pid,
-                            "message": "these tasks were already recorded as machine-labeled"})
+            return jsonify(
+                {
+                    "status": "known",
+                    "action": BULK_ACCEPT_ACTION,
+                    "project": pid,
+                    "message": "these tasks were already recorded as machine-labeled",
+                }
+            )
         queued_check(CHECK_BULK_ACCEPT, int(pid), claimed)
-        return jsonify({"status": "checking", "action": BULK_ACCEPT_ACTION, "project": pid, "tasks": len(claimed),
-                        "message": "the worker records these tasks as machine-labeled once Label Studio confirms "
-                                   "them"}), 202
+        return jsonify(
+            {
+                "status": "checking",
+                "action": BULK_ACCEPT_ACTION,
+                "project": pid,
+                "tasks": len(claimed),
+                "message": "the worker records these tasks as machine-labeled once Label Studio confirms them",
+            }
+        ), 202
 
     @app.get("/versions")
     def versions():
@@ -284,13 +340,17 @@ def _tasks(value: Any, limit: int) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise BadRequest("'tasks' must be a list of task objects")
     if len(value) > limit:
-        raise BadRequest(f"{len(value)} tasks in one /predict, over MAX_PREDICT_TASKS ({limit}): select fewer tasks, "
-                         "or raise MAX_PREDICT_TASKS on the backend", 413)
+        raise BadRequest(
+            f"{len(value)} tasks in one /predict, over MAX_PREDICT_TASKS ({limit}): select fewer tasks, "
+            "or raise MAX_PREDICT_TASKS on the backend",
+            413,
+        )
     for task in value:
         object_id(task.get("id"), "each task's 'id'")
         if task.get("data") is not None and not isinstance(task["data"], dict):
-            raise BadRequest(f"task {task['id']}: 'data' must be an object like {{\"image\": \"...\"}}, "
-                             f"got {_shown(task['data'])}")
+            raise BadRequest(
+                f'task {task["id"]}: \'data\' must be an object like {{"image": "..."}}, got {_shown(task["data"])}'
+            )
     return value
 
 
@@ -330,7 +390,9 @@ class _StoreCollector:
     def collect(self):
         runs = GaugeMetricFamily("weather_al_training_runs", "training runs finished", labels=["project", "result"])
         human = GaugeMetricFamily("weather_al_human_labeled", "tasks labeled by people", labels=["project"])
-        machine = GaugeMetricFamily("weather_al_machine_labeled", "tasks labeled by bulk accept of certified predictions", labels=["project"])
+        machine = GaugeMetricFamily(
+            "weather_al_machine_labeled", "tasks labeled by bulk accept of certified predictions", labels=["project"]
+        )
         for d in self.store.root.iterdir():
             if not (d.is_dir() and is_project_id(d.name)):
                 continue

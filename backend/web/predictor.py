@@ -45,11 +45,17 @@ class Predictor:
         url = self.settings.label_studio_url if own else (hostname or self.settings.label_studio_url)
         return ImageFetcher.from_settings(self.settings, url, self.settings.label_studio_api_key or token)
 
-    def predict(self, project: str, tasks: list[dict[str, Any]], schema: LabelSchema | None, fetcher: ImageFetcher) -> tuple[list[Any], str | None]:
+    def predict(
+        self, project: str, tasks: list[dict[str, Any]], schema: LabelSchema | None, fetcher: ImageFetcher
+    ) -> tuple[list[Any], str | None]:
         """One item per task, in order: a prediction dict, or ``[]`` where none can be given."""
         model = self.store.load_current(project)
         if model is None:
-            logger.info("project %s: no trained model yet, so no predictions for %d task(s); label the seed set and train", project, len(tasks))
+            logger.info(
+                "project %s: no trained model yet, so no predictions for %d task(s); label the seed set and train",
+                project,
+                len(tasks),
+            )
             return [[] for _ in tasks], None
         if schema is not None and schema.heads != model.schema.heads:
             raise SchemaMismatch(

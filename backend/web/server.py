@@ -57,8 +57,13 @@ def _run_gunicorn(settings: Settings) -> None:
     class _App(BaseApplication):
         def load_config(self) -> None:
             options: dict[str, Any] = {
-                "bind": bind_address(settings), "workers": settings.workers, "threads": settings.threads,
-                "worker_class": "gthread", "timeout": 180, "graceful_timeout": 30, "loglevel": settings.log_level.lower(),
+                "bind": bind_address(settings),
+                "workers": settings.workers,
+                "threads": settings.threads,
+                "worker_class": "gthread",
+                "timeout": 180,
+                "graceful_timeout": 30,
+                "loglevel": settings.log_level.lower(),
                 "accesslog": "-" if settings.log_level.upper() == "DEBUG" else None,
             }
             for key, value in options.items():
@@ -104,7 +109,10 @@ def warn_if_open(settings: Settings) -> bool:
     """
     if settings.basic_auth_enabled or is_loopback(settings.host):
         return False
-    logger.warning("serving WITHOUT authentication on %s: anyone who can reach this port can call the backend. Set "
-                   "BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's Connect Model dialog, "
-                   "Authentication: basic), or HOST=127.0.0.1 to keep it to this machine", bind_address(settings))
+    logger.warning(
+        "serving WITHOUT authentication on %s: anyone who can reach this port can call the backend. Set "
+        "BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's Connect Model dialog, "
+        "Authentication: basic), or HOST=127.0.0.1 to keep it to this machine",
+        bind_address(settings),
+    )
     return True

@@ -19,7 +19,6 @@ from model.nn.checkpoint import write_json_atomic
 logger = logging.getLogger(__name__)
 
 
-
 def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Record a bulk accept a person ran in Label Studio (Create Annotations From Predictions).
 
@@ -37,9 +36,22 @@ def record_label_studio_accept(store: ModelStore, pid: str, annotations: list[di
     version = store.current_version(pid) or "unknown"
     certificate = read_calibration(store.version_dir(pid, version)).get("certificate") or {}
     started = min((a.get("created_at") or "" for a in annotations), default="") or None
-    record = write_accept_record(store, pid, version, new, certificate, source="Label Studio", created_at=started,
-                                 annotation_ids=_annotation_ids(annotations, set(new)))
-    logger.info("project %s: recorded a bulk accept of %d predictions made in Label Studio (record %s)", pid, len(new), record["id"])
+    record = write_accept_record(
+        store,
+        pid,
+        version,
+        new,
+        certificate,
+        source="Label Studio",
+        created_at=started,
+        annotation_ids=_annotation_ids(annotations, set(new)),
+    )
+    logger.info(
+        "project %s: recorded a bulk accept of %d predictions made in Label Studio (record %s)",
+        pid,
+        len(new),
+        record["id"],
+    )
     return record
 
 
@@ -79,9 +91,16 @@ def _task_id(annotation: dict[str, Any]) -> int:
     return int(task["id"] if isinstance(task, dict) else task)
 
 
-def write_accept_record(store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: dict[str, Any],
-                        source: str, created_at: str | None = None,
-                        annotation_ids: list[int] | None = None) -> dict[str, Any]:
+def write_accept_record(
+    store: ModelStore,
+    pid: str,
+    version: str,
+    task_ids: list[int],
+    certificate: dict[str, Any],
+    source: str,
+    created_at: str | None = None,
+    annotation_ids: list[int] | None = None,
+) -> dict[str, Any]:
     """The record ``weather-al undo-accept`` reads: model version, threshold, certified bound, task ids.
 
     ``annotation_ids`` names the annotations the accept created, when known; undo deletes exactly those.
@@ -90,10 +109,16 @@ def write_accept_record(store: ModelStore, pid: str, version: str, task_ids: lis
     """
     now = datetime.now(timezone.utc)
     record = {
-        "id": now.strftime("%Y%m%dT%H%M%S%f"), "created_at": created_at or now.isoformat(), "source": source,
-        "version": version, "threshold": certificate.get("threshold"),
-        "certified_lower_bound": certificate.get("lower_bound"), "target": certificate.get("target"),
-        "delta": certificate.get("delta"), "task_ids": sorted(task_ids), "annotation_ids": annotation_ids,
+        "id": now.strftime("%Y%m%dT%H%M%S%f"),
+        "created_at": created_at or now.isoformat(),
+        "source": source,
+        "version": version,
+        "threshold": certificate.get("threshold"),
+        "certified_lower_bound": certificate.get("lower_bound"),
+        "target": certificate.get("target"),
+        "delta": certificate.get("delta"),
+        "task_ids": sorted(task_ids),
+        "annotation_ids": annotation_ids,
         "undone": False,
     }
     write_json_atomic(store.record_dir(pid, ACCEPTS) / f"{record['id']}.json", record)

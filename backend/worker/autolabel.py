@@ -37,18 +37,26 @@ logger = logging.getLogger(__name__)
 
 
 def update_views(ls: LabelStudioProject, certified_score_floor: float | None, audit_ids: list[int]) -> dict[str, int]:
-    queue = ls.ensure_view(QUEUE_VIEW, ["tasks:predictions_score"], {"conjunction": "and", "items": [unlabeled_filter()]})
+    queue = ls.ensure_view(
+        QUEUE_VIEW, ["tasks:predictions_score"], {"conjunction": "and", "items": [unlabeled_filter()]}
+    )
     floor = certified_score_floor if certified_score_floor is not None else 2.0  # nothing scores above 1
-    candidates = ls.ensure_view(CANDIDATES_VIEW, ["tasks:predictions_score"], {
-        "conjunction": "and",
-        "items": [score_range_filter(floor, 1.0), unlabeled_filter(), *task_id_filters(audit_ids, "not_equal")],
-    })
+    candidates = ls.ensure_view(
+        CANDIDATES_VIEW,
+        ["tasks:predictions_score"],
+        {
+            "conjunction": "and",
+            "items": [score_range_filter(floor, 1.0), unlabeled_filter(), *task_id_filters(audit_ids, "not_equal")],
+        },
+    )
     audit_items = task_id_filters(audit_ids, "equal") or task_id_filters([0], "equal")
     audit = ls.ensure_view(AUDIT_VIEW, ["tasks:id"], {"conjunction": "or", "items": audit_items})
     return {"queue": queue, "candidates": candidates, "audit": audit}
 
 
-def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: Certificate) -> dict[str, Any]:
+def accept_band(
+    ls: LabelStudioProject, store: ModelStore, pid: str, version: str, task_ids: list[int], certificate: Certificate
+) -> dict[str, Any]:
     """Convert the certified predictions to annotations, skipping human-labeled and audit tasks; record it.
 
     The tasks are marked machine-labeled before Label Studio converts them, so that the ANNOTATIONS_CREATED
@@ -73,8 +81,15 @@ def accept_band(ls: LabelStudioProject, store: ModelStore, pid: str, version: st
     return _settle(ls, store, pid, version, chosen, certificate, failed=False)
 
 
-def _settle(ls: LabelStudioProject, store: ModelStore, pid: str, version: str, chosen: list[int],
-            certificate: Certificate, failed: bool) -> dict[str, Any]:
+def _settle(
+    ls: LabelStudioProject,
+    store: ModelStore,
+    pid: str,
+    version: str,
+    chosen: list[int],
+    certificate: Certificate,
+    failed: bool,
+) -> dict[str, Any]:
     """Record what the conversion of ``chosen`` created in Label Studio and un-mark the tasks it did not touch.
 
     If Label Studio cannot be read back, every chosen task stays marked and is recorded without annotation
@@ -85,22 +100,42 @@ def _settle(ls: LabelStudioProject, store: ModelStore, pid: str, version: str, c
     try:
         created = _created_annotations(ls.tasks(), chosen, version)
     except LabelStudioError as exc:
-        logger.error("project %s: cannot read back what the bulk accept of %s created (%s); all %d tasks stay "
-                     "machine-labeled and recorded: check them in Label Studio, undo-accept takes them back",
-                     pid, version, exc, len(chosen))
+        logger.error(
+            "project %s: cannot read back what the bulk accept of %s created (%s); all %d tasks stay "
+            "machine-labeled and recorded: check them in Label Studio, undo-accept takes them back",
+            pid,
+            version,
+            exc,
+            len(chosen),
+        )
         record = write_accept_record(store, pid, version, chosen, certificate.to_dict(), source=source)
         return {"record": record["id"], "accepted": len(chosen)}
     store.mark_machine_labeled(pid, [t for t in chosen if t not in created], labeled=False)
     if not created:
         return {"record": None, "accepted": 0}
-    record = write_accept_record(store, pid, version, sorted(created), certificate.to_dict(), source=source,
-                                 annotation_ids=sorted(a for ids in created.values() for a in ids))
+    record = write_accept_record(
+        store,
+        pid,
+        version,
+        sorted(created),
+        certificate.to_dict(),
+        source=source,
+        annotation_ids=sorted(a for ids in created.values() for a in ids),
+    )
     if failed:
-        logger.error("project %s: the bulk accept of %s failed, but Label Studio converted %d of %d tasks; they stay "
-                     "machine-labeled (record %s)", pid, version, len(created), len(chosen), record["id"])
+        logger.error(
+            "project %s: the bulk accept of %s failed, but Label Studio converted %d of %d tasks; they stay "
+            "machine-labeled (record %s)",
+            pid,
+            version,
+            len(created),
+            len(chosen),
+            record["id"],
+        )
     else:
-        logger.info("project %s: accepted %d certified predictions of %s (record %s)",
-                    pid, len(created), version, record["id"])
+        logger.info(
+            "project %s: accepted %d certified predictions of %s (record %s)", pid, len(created), version, record["id"]
+        )
     return {"record": record["id"], "accepted": len(created)}
 
 
@@ -145,10 +180,17 @@ def undo_accept(ls: LabelStudioProject, store: ModelStore, pid: str, record_id: 
     record["kept_edited_task_ids"] = sorted(kept)
     write_json_atomic(path, record)
     if failed:
-        raise LabelStudioError(f"undo of bulk accept {record_id}: {len(failed)} of {len(doomed)} annotations could not "
-                               f"be deleted ({failed[:10]}); their tasks stay machine-labeled; run undo-accept again")
-    logger.info("project %s: undid bulk accept %s (%d annotations deleted, %d kept: a person saved them since)",
-                pid, record_id, len(deleted), len(kept))
+        raise LabelStudioError(
+            f"undo of bulk accept {record_id}: {len(failed)} of {len(doomed)} annotations could not "
+            f"be deleted ({failed[:10]}); their tasks stay machine-labeled; run undo-accept again"
+        )
+    logger.info(
+        "project %s: undid bulk accept %s (%d annotations deleted, %d kept: a person saved them since)",
+        pid,
+        record_id,
+        len(deleted),
+        len(kept),
+    )
     return {"deleted": len(deleted), "kept": sorted(kept)}
 
 
@@ -161,6 +203,9 @@ def _accept_annotations(tasks: list[dict[str, Any]], record: dict[str, Any]) -> 
         if recorded is None:
             found += [(tid, a) for a in from_version(task, record["version"])]
         else:
-            found += [(tid, a) for a in map(as_dict, task.get("annotations") or [])
-                      if a.get("id") in recorded and a.get("parent_prediction") is not None]
+            found += [
+                (tid, a)
+                for a in map(as_dict, task.get("annotations") or [])
+                if a.get("id") in recorded and a.get("parent_prediction") is not None
+            ]
     return found

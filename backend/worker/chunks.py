@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 CHUNK_CLAIM_S = 900
 
 
-def score_pool(pid: str, version: str, examples: list[Example], settings: Settings, store: ModelStore, broker: Broker | None) -> ScoreResult:
+def score_pool(
+    pid: str, version: str, examples: list[Example], settings: Settings, store: ModelStore, broker: Broker | None
+) -> ScoreResult:
     """Score the pool in chunks; other workers that are free help through ``score_chunks`` jobs.
 
     Chunks are claimed in Redis with an expiry, so a chunk whose worker died is scored again by
@@ -34,12 +36,14 @@ def score_pool(pid: str, version: str, examples: list[Example], settings: Settin
     """
     out = store.version_dir(pid, version) / "scores"
     out.mkdir(exist_ok=True)
-    chunks = [examples[i:i + settings.score_chunk] for i in range(0, len(examples), settings.score_chunk)]
+    chunks = [examples[i : i + settings.score_chunk] for i in range(0, len(examples), settings.score_chunk)]
     plan = [[{"key": e.key, "source": e.source} for e in c] for c in chunks]
     write_json_atomic(out / "plan.json", plan)
     if broker is not None and len(chunks) > 1:
         for _ in range(min(len(chunks) - 1, 8)):
-            broker.queue.enqueue("backend.worker.chunks.score_chunks", int(pid), version, job_timeout=3600, result_ttl=600)
+            broker.queue.enqueue(
+                "backend.worker.chunks.score_chunks", int(pid), version, job_timeout=3600, result_ttl=600
+            )
     score_chunks(int(pid), version, broker=broker, wait=True)
     return _merge_chunks(store, pid, version, len(chunks))
 
@@ -60,7 +64,9 @@ def score_chunks(project_id: int, version: str, broker: Broker | None = None, wa
             return done
         claimed_any = False
         for i in missing:
-            if broker is not None and not broker.conn.set(f"weather-al:{pid}:{version}:chunk:{i}", "1", nx=True, ex=CHUNK_CLAIM_S):
+            if broker is not None and not broker.conn.set(
+                f"weather-al:{pid}:{version}:chunk:{i}", "1", nx=True, ex=CHUNK_CLAIM_S
+            ):
                 continue
             claimed_any = True
             examples = [Example(key=r["key"], source=r["source"]) for r in plan[i]]
@@ -75,8 +81,14 @@ def score_chunks(project_id: int, version: str, broker: Broker | None = None, wa
 
 def _save_chunk(path: Path, res: ScoreResult) -> None:
     tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, keys=np.array(res.keys), predicted_loss=res.predicted_loss, embeddings=res.embeddings,
-             failures=np.array(json.dumps(res.failures)), **{f"probs__{h}": p for h, p in res.probs.items()})
+    np.savez(
+        tmp,
+        keys=np.array(res.keys),
+        predicted_loss=res.predicted_loss,
+        embeddings=res.embeddings,
+        failures=np.array(json.dumps(res.failures)),
+        **{f"probs__{h}": p for h, p in res.probs.items()},
+    )
     tmp.replace(path)
 
 
@@ -85,12 +97,16 @@ def _merge_chunks(store: ModelStore, pid: str, version: str, n: int) -> ScoreRes
     schema = model.schema
     parts = [np.load(store.version_dir(pid, version) / "scores" / f"chunk-{i}.npz") for i in range(n)]
     keys = [str(k) for p in parts for k in p["keys"]]
+
     def cat(name: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.concatenate([p[name] for p in parts]) if parts else np.zeros(shape, dtype=np.float32)
+
     return ScoreResult(
-        schema=schema, keys=keys,
+        schema=schema,
+        keys=keys,
         probs={h.name: cat(f"probs__{h.name}", (0, len(h.classes))) for h in schema.heads},
-        predicted_loss=cat("predicted_loss", (0,)), embeddings=cat("embeddings", (0, model.net.backbone.embedding_dim)),
+        predicted_loss=cat("predicted_loss", (0,)),
+        embeddings=cat("embeddings", (0, model.net.backbone.embedding_dim)),
         targets=np.full((len(keys), len(schema.heads)), -1, dtype=np.int64),
         failures=[tuple(f) for p in parts for f in json.loads(str(p["failures"]))],
     )

@@ -73,8 +73,9 @@ def train_project(project_id: int) -> dict[str, Any]:
         lease.stop()
 
 
-def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | None,
-              still_held: Callable[[], None] = _no_check) -> dict[str, Any]:
+def run_cycle(
+    pid: str, settings: Settings, store: ModelStore, broker: Broker | None, still_held: Callable[[], None] = _no_check
+) -> dict[str, Any]:
     """One active-learning cycle of project ``pid``; ``still_held`` raises if the run lost its lock (see RunLease).
 
     The writes land in an order that a crash anywhere leaves consistent: a new version is saved aside, its
@@ -111,13 +112,21 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
     if current is None:
         random_ids |= {tid for tid, _, _ in data.labeled}
     audit_ids = set(state.get("audit_task_ids", []))
-    calib_ids = {tid for tid, _, _ in data.labeled if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))}
+    calib_ids = {
+        tid
+        for tid, _, _ in data.labeled
+        if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))
+    }
     still_held()
     store.update_state(pid, random_task_ids=sorted(random_ids))
 
     fetcher = ImageFetcher.from_settings(settings, settings.label_studio_url, ls.download_token())
     labeled_paths = fetch_all(fetcher, [(tid, url) for tid, url, _ in data.labeled])
-    examples = [Example(key=str(tid), source=str(labeled_paths[tid]), labels=labels) for tid, _, labels in data.labeled if tid in labeled_paths]
+    examples = [
+        Example(key=str(tid), source=str(labeled_paths[tid]), labels=labels)
+        for tid, _, labels in data.labeled
+        if tid in labeled_paths
+    ]
     train_set = ExampleSet(schema, [e for e in examples if int(e.key) not in calib_ids])
     calib_set = [e for e in examples if int(e.key) in calib_ids]
 
@@ -127,21 +136,35 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
     model = result.model
     timings = {"train_s": time.perf_counter() - t0}
     still_held()
-    store.save_version(pid, model, trained_on={
-        "train": sorted(int(k) for k in result.train_keys), "validation": sorted(int(k) for k in result.val_keys),
-        "calibration": sorted(int(e.key) for e in calib_set), "all": sorted(int(e.key) for e in examples),
-    })
+    store.save_version(
+        pid,
+        model,
+        trained_on={
+            "train": sorted(int(k) for k in result.train_keys),
+            "validation": sorted(int(k) for k in result.val_keys),
+            "calibration": sorted(int(e.key) for e in calib_set),
+            "all": sorted(int(e.key) for e in examples),
+        },
+    )
 
     val_keys = set(result.val_keys)
-    promoted, comparison = should_promote(store, pid, current, model, [e for e in train_set.examples if e.key in val_keys] + calib_set,
-                                          settings.promote_tolerance)
+    promoted, comparison = should_promote(
+        store,
+        pid,
+        current,
+        model,
+        [e for e in train_set.examples if e.key in val_keys] + calib_set,
+        settings.promote_tolerance,
+    )
     if not promoted:
         logger.info("project %s: %s not promoted: %s", pid, version, comparison)
         return {"result": "not_promoted", "version": version, "comparison": comparison}
 
     t0 = time.perf_counter()
     pool_paths = fetch_all(fetcher, data.unlabeled)
-    pool_examples = [Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths]
+    pool_examples = [
+        Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths
+    ]
     pool = score_pool(pid, version, pool_examples, settings, store, broker)
     calib = model.score(calib_set, workers=0) if calib_set else None
     timings["score_s"] = time.perf_counter() - t0
@@ -151,15 +174,23 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
         PoolView(pool.predicted_loss, pool.probs, pool.embeddings),
         calib.predicted_loss if calib is not None else np.zeros(0),
         calib.all_correct() if calib is not None else np.zeros(0, dtype=bool),
-        k=settings.manual_batch, audit_size=settings.audit_size, strategy="loss",
-        target=settings.target_precision, delta=settings.delta, rng=rng,
+        k=settings.manual_batch,
+        audit_size=settings.audit_size,
+        strategy="loss",
+        target=settings.target_precision,
+        delta=settings.delta,
+        rng=rng,
     )
     summary = plan.summary()
     still_held()
-    write_json_atomic(store.version_dir(pid, version) / CALIBRATION_FILE, {
-        "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
-        "certificate": plan.certificate.to_dict(), "summary": summary,
-    })
+    write_json_atomic(
+        store.version_dir(pid, version) / CALIBRATION_FILE,
+        {
+            "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
+            "certificate": plan.certificate.to_dict(),
+            "summary": summary,
+        },
+    )
 
     task_ids = np.array([int(k) for k in pool.keys], dtype=np.int64)
     audit = [int(task_ids[i]) for i in plan.audit]
@@ -188,11 +219,28 @@ def run_cycle(pid: str, settings: Settings, store: ModelStore, broker: Broker | 
     timings["import_s"] = time.perf_counter() - t0
     still_held()
     store.modify_state(pid, lambda state: state.setdefault("last_cycle", {}).update(timings=timings))
-    logger.info("project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s", pid, version,
-                len(plan.manual), len(certified), len(audit), len(plan.deferred), timings)
-    return {"result": "promoted", "version": version, "comparison": comparison, "timings": timings, "summary": summary,
-            "accepted": accepted, "n_train": len(result.train_keys),
-            "skipped_images": (len(data.labeled) - len(examples)) + (len(data.unlabeled) - len(pool_examples)) + len(pool.failures)}
+    logger.info(
+        "project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s",
+        pid,
+        version,
+        len(plan.manual),
+        len(certified),
+        len(audit),
+        len(plan.deferred),
+        timings,
+    )
+    return {
+        "result": "promoted",
+        "version": version,
+        "comparison": comparison,
+        "timings": timings,
+        "summary": summary,
+        "accepted": accepted,
+        "n_train": len(result.train_keys),
+        "skipped_images": (len(data.labeled) - len(examples))
+        + (len(data.unlabeled) - len(pool_examples))
+        + len(pool.failures),
+    }
 
 
 def recover(pid: str, ls: LabelStudioProject, store: ModelStore, still_held: Callable[[], None]) -> None:
@@ -207,8 +255,14 @@ def recover(pid: str, ls: LabelStudioProject, store: ModelStore, still_held: Cal
         return
     shown = ls.project().get("model_version")
     if shown != current:
-        logger.warning("project %s: Label Studio's model version is %r but the current model is %s (a run stopped "
-                       "between the two); pointing Label Studio at %s", pid, shown, current, current)
+        logger.warning(
+            "project %s: Label Studio's model version is %r but the current model is %s (a run stopped "
+            "between the two); pointing Label Studio at %s",
+            pid,
+            shown,
+            current,
+            current,
+        )
         still_held()
         ls.use_version(current, UNCERTAINTY)
 

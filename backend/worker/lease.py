@@ -43,8 +43,10 @@ class RunLease:
     def check(self) -> None:
         """Raise LockLost if the lock was lost: called just before each write of a run."""
         if self.lost.is_set():
-            raise LockLost(f"project {self.pid}: the training lock was lost ({self._why}); this run stopped before "
-                           "writing, and the project's next run trains again")
+            raise LockLost(
+                f"project {self.pid}: the training lock was lost ({self._why}); this run stopped before "
+                "writing, and the project's next run trains again"
+            )
 
     def stop(self) -> None:
         self._stop.set()

@@ -67,8 +67,11 @@ def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: 
         data.labeled.append((tid, url, labels))
         data.annotated_at[tid] = ann.get("created_at") or ""
     if both:
-        logger.warning("%d task(s) carry both a person's annotation and one converted from a prediction; the "
-                       "person's trains: %s", len(both), both[:20])
+        logger.warning(
+            "%d task(s) carry both a person's annotation and one converted from a prediction; the person's trains: %s",
+            len(both),
+            both[:20],
+        )
     return data
 
 

@@ -12,8 +12,9 @@ from model.training.evaluation import evaluate, mean_macro_f1
 logger = logging.getLogger(__name__)
 
 
-def should_promote(store: ModelStore, pid: str, current: str | None, model, examples: list[Example],
-                   tolerance: float = 0.0) -> tuple[bool, dict[str, Any]]:
+def should_promote(
+    store: ModelStore, pid: str, current: str | None, model, examples: list[Example], tolerance: float = 0.0
+) -> tuple[bool, dict[str, Any]]:
     """Promote when not worse than the current model, judged on labels NEITHER model trained on.
 
     "Not worse" allows ``tolerance`` of mean macro-F1: on a few dozen labels, a model trained on more
@@ -31,4 +32,9 @@ def should_promote(store: ModelStore, pid: str, current: str | None, model, exam
         return True, {"reason": f"only {len(fair)} labels unseen by both models; newer labels win"}
     new_f1 = mean_macro_f1(evaluate(model.score(fair, workers=0)))
     old_f1 = mean_macro_f1(evaluate(store.load(pid, current).score(fair, workers=0)))
-    return new_f1 >= old_f1 - tolerance, {"new_macro_f1": new_f1, "current_macro_f1": old_f1, "n": len(fair), "current": current}
+    return new_f1 >= old_f1 - tolerance, {
+        "new_macro_f1": new_f1,
+        "current_macro_f1": old_f1,
+        "n": len(fair),
+        "current": current,
+    }

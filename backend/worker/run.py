@@ -18,7 +18,9 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
 
     settings = settings or get_settings()
     if not settings.redis_url:
-        raise ValueError("REDIS_URL is not set: a worker needs the Redis that `weather-al serve` or your deployment uses")
+        raise ValueError(
+            "REDIS_URL is not set: a worker needs the Redis that `weather-al serve` or your deployment uses"
+        )
     from backend.worker import cycle  # noqa: F401  imported once here, so each forked work-horse starts with torch loaded
 
     broker = Broker(settings.redis_url)
@@ -29,8 +31,9 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
     # every 10 minutes and no sooner than an idle dequeue times out (worker_ttl - 15 s). A worker killed with
     # SIGKILL would leave retries stalled for that long, so a replacement checks every minute instead.
     logging.getLogger("rq.worker").addFilter(quiet_maintenance)
-    Worker([QUEUE_NAME], connection=broker.conn, serializer=JSONSerializer, worker_ttl=75,
-           maintenance_interval=60).work(burst=burst, with_scheduler=True)
+    Worker(
+        [QUEUE_NAME], connection=broker.conn, serializer=JSONSerializer, worker_ttl=75, maintenance_interval=60
+    ).work(burst=burst, with_scheduler=True)
 
 
 def quiet_maintenance(record: logging.LogRecord) -> bool:

@@ -90,15 +90,24 @@ class CyclePlan:
     def summary(self) -> dict[str, Any]:
         """JSON-ready: counts, the certificate, expected accuracy per band, and a one-line message."""
         cert = self.certificate
-        counts = {"pool": int(len(self.bands)), "manual": int(len(self.manual)), "automatic": int(len(self.automatic)),
-                  "audit": int(len(self.audit)), "deferred": int(len(self.deferred))}
+        counts = {
+            "pool": int(len(self.bands)),
+            "manual": int(len(self.manual)),
+            "automatic": int(len(self.automatic)),
+            "audit": int(len(self.audit)),
+            "deferred": int(len(self.deferred)),
+        }
         expected = {band: (None if est is None else est.expected_accuracy) for band, est in self.estimates.items()}
         if cert.threshold is None:
-            message = f"nothing certified: {cert.message}; audit of {counts['audit']} drawn from the {self.audit_source}"
+            message = (
+                f"nothing certified: {cert.message}; audit of {counts['audit']} drawn from the {self.audit_source}"
+            )
         else:
-            message = (f"{counts['automatic']} of {counts['pool']} images auto-labeled at predicted loss <= "
-                       f"{cert.threshold:.4g} (precision >= {cert.lower_bound:.3f} with confidence {1 - cert.delta:g}); "
-                       f"{counts['manual']} for people, {counts['audit']} to audit, {counts['deferred']} deferred")
+            message = (
+                f"{counts['automatic']} of {counts['pool']} images auto-labeled at predicted loss <= "
+                f"{cert.threshold:.4g} (precision >= {cert.lower_bound:.3f} with confidence {1 - cert.delta:g}); "
+                f"{counts['manual']} for people, {counts['audit']} to audit, {counts['deferred']} deferred"
+            )
         return {
             "counts": counts,
             "threshold": cert.threshold,
@@ -139,7 +148,9 @@ def plan_cycle(
     calib_loss = np.asarray(calib_loss, dtype=np.float64).reshape(-1)
     calib_correct = np.asarray(calib_correct, dtype=bool).reshape(-1)
     if calib_loss.shape != calib_correct.shape:
-        raise ValueError(f"calib_loss and calib_correct must have equal lengths, got {calib_loss.shape} and {calib_correct.shape}")
+        raise ValueError(
+            f"calib_loss and calib_correct must have equal lengths, got {calib_loss.shape} and {calib_correct.shape}"
+        )
     loss = pool.predicted_loss
     n = len(pool)
 
@@ -149,8 +160,9 @@ def plan_cycle(
 
     t0 = time.perf_counter()
     certificate = certify_threshold(calib_loss, calib_correct, target=target, delta=delta)
-    calibrator = (CorrectnessCalibrator().fit(calib_loss, calib_correct)
-                  if len(calib_loss) >= MIN_CALIBRATION_LABELS else None)
+    calibrator = (
+        CorrectnessCalibrator().fit(calib_loss, calib_correct) if len(calib_loss) >= MIN_CALIBRATION_LABELS else None
+    )
     bands = assign_bands(loss, manual, certificate.threshold)
     not_manual = np.flatnonzero(bands != MANUAL)
     if certificate.threshold is not None:
@@ -170,9 +182,18 @@ def plan_cycle(
     t_certify = time.perf_counter() - t0
 
     plan = CyclePlan(
-        certificate=certificate, calibrator=calibrator, scores=score_from_loss(loss, calibrator), bands=bands,
-        manual=manual, automatic=automatic, audit=audit, audit_candidates=np.sort(candidates), audit_source=source,
-        deferred=deferred, estimates=estimates, timings={"select": t_select, "certify": t_certify},
+        certificate=certificate,
+        calibrator=calibrator,
+        scores=score_from_loss(loss, calibrator),
+        bands=bands,
+        manual=manual,
+        automatic=automatic,
+        audit=audit,
+        audit_candidates=np.sort(candidates),
+        audit_source=source,
+        deferred=deferred,
+        estimates=estimates,
+        timings={"select": t_select, "certify": t_certify},
     )
     logger.info("cycle plan: %s", plan.summary()["message"])
     return plan

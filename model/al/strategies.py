@@ -44,7 +44,9 @@ class PoolView:
             if p.ndim != 2 or p.shape[0] != n or p.shape[1] < 2:
                 raise ValueError(f"probs[{head!r}] must have shape (N={n}, C>=2), got {p.shape}")
             if not np.all(np.isfinite(p)):
-                raise ValueError(f"probs[{head!r}] has NaN or infinite values; the model's scores are unusable (retrain it)")
+                raise ValueError(
+                    f"probs[{head!r}] has NaN or infinite values; the model's scores are unusable (retrain it)"
+                )
         if self.embeddings is not None:
             self.embeddings = np.asarray(self.embeddings, dtype=np.float64)
             if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:

@@ -67,8 +67,14 @@ def disagreements(items: list[Item], schema: LabelSchema) -> list[dict[str, Any]
         for head in schema.head_names:
             values = [a.values.get(head) for a in item.annotations if a.values.get(head) is not None]
             if len(set(values)) > 1:
-                found.append({"key": item.key, "head": head, "values": values,
-                              "annotators": [a.annotator for a in item.annotations if a.values.get(head) is not None]})
+                found.append(
+                    {
+                        "key": item.key,
+                        "head": head,
+                        "values": values,
+                        "annotators": [a.annotator for a in item.annotations if a.values.get(head) is not None],
+                    }
+                )
     return found
 
 
@@ -78,5 +84,9 @@ def model_agreement(schema: LabelSchema, labels: np.ndarray, predicted: dict[str
     for j, head in enumerate(schema.heads):
         has = labels[:, j] >= 0
         y, p = labels[has, j], predicted[head.name][has]
-        out[head.name] = {"n": int(has.sum()), "accuracy": float(accuracy_score(y, p)) if has.any() else None, "kappa": kappa(y, p)}
+        out[head.name] = {
+            "n": int(has.sum()),
+            "accuracy": float(accuracy_score(y, p)) if has.any() else None,
+            "kappa": kappa(y, p),
+        }
     return out

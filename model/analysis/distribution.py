@@ -55,7 +55,12 @@ def trainer_view(schema: LabelSchema, labels: np.ndarray, max_ratio: float, seed
     full = labels[(labels >= 0).all(axis=1)]
     n_classes = [len(h.classes) for h in schema.heads]
     kept = full[undersample(full, n_classes, max_ratio, np.random.default_rng(seed))] if len(full) else full
-    out: dict[str, Any] = {"max_ratio": max_ratio, "n_fully_labeled": int(len(full)), "n_kept": int(len(kept)), "heads": {}}
+    out: dict[str, Any] = {
+        "max_ratio": max_ratio,
+        "n_fully_labeled": int(len(full)),
+        "n_kept": int(len(kept)),
+        "heads": {},
+    }
     for j, head in enumerate(schema.heads):
         counts = class_counts(kept[:, j], n_classes[j]) if len(kept) else np.zeros(n_classes[j], dtype=np.int64)
         weights = median_frequency_weights(kept[:, j], n_classes[j]) if len(kept) else np.ones(n_classes[j])

@@ -61,7 +61,9 @@ def exact_groups(sha256: list[str | None]) -> list[DuplicateGroup]:
     return [DuplicateGroup("exact", members) for members in by_digest.values() if len(members) > 1]
 
 
-def _pairs_within(n: int, block: Callable[[int, int], np.ndarray], accept: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[int, int, Any]]:
+def _pairs_within(
+    n: int, block: Callable[[int, int], np.ndarray], accept: Callable[[np.ndarray], np.ndarray]
+) -> Iterator[tuple[int, int, Any]]:
     """(i, j, value) with i < j over all pairs of ``n`` items whose value ``accept`` keeps.
 
     ``block(a, b)`` gives the values of rows a:b against all n items; rows go ``_CHUNK`` at a time, so
@@ -78,14 +80,21 @@ def _pairs_within(n: int, block: Callable[[int, int], np.ndarray], accept: Calla
 def hamming_candidates(hashes: np.ndarray, candidates: np.ndarray, max_hamming: int) -> list[tuple[int, int, int]]:
     """(i, j, distance) with i < j among ``candidates`` whose 64-bit hashes differ in at most ``max_hamming`` bits."""
     h = hashes[candidates].astype(np.uint64)
-    return [(int(candidates[i]), int(candidates[j]), int(d))
-            for i, j, d in _pairs_within(len(h), lambda a, b: np.bitwise_count(h[a:b, None] ^ h[None, :]), lambda d: d <= max_hamming)]
+    return [
+        (int(candidates[i]), int(candidates[j]), int(d))
+        for i, j, d in _pairs_within(
+            len(h), lambda a, b: np.bitwise_count(h[a:b, None] ^ h[None, :]), lambda d: d <= max_hamming
+        )
+    ]
 
 
 def cosine_candidates(unit: np.ndarray, candidates: np.ndarray, min_cosine: float) -> list[tuple[int, int]]:
     """(i, j) with i < j among ``candidates`` whose unit embeddings have a dot product of at least ``min_cosine``."""
     x = unit[candidates].astype(np.float32)
-    return [(int(candidates[i]), int(candidates[j])) for i, j, _ in _pairs_within(len(x), lambda a, b: x[a:b] @ x.T, lambda c: c >= min_cosine)]
+    return [
+        (int(candidates[i]), int(candidates[j]))
+        for i, j, _ in _pairs_within(len(x), lambda a, b: x[a:b] @ x.T, lambda c: c >= min_cosine)
+    ]
 
 
 def normalised_thumbnails(tiny: np.ndarray) -> np.ndarray:

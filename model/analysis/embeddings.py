@@ -42,7 +42,9 @@ def embed(
     """
     net = MultiHeadNet(build_backbone(backbone, weights="imagenet"), schema)
     examples = [items[i].example() for i in indices]
-    loader = inference_loader(examples, image_size, net.backbone.mean, net.backbone.std, batch_size=batch_size, workers=workers)
+    loader = inference_loader(
+        examples, image_size, net.backbone.mean, net.backbone.std, batch_size=batch_size, workers=workers
+    )
     result = run_inference(net, loader, progress=progress, desc="embedding")
     out = np.full((len(items), net.backbone.embedding_dim), np.nan, dtype=np.float32)
     position = {items[i].key: i for i in indices}

@@ -58,19 +58,30 @@ class Findings:
         rows = []
         for i in s.ranking()[:limit]:
             j = int(s.worst_head[i])
-            rows.append({
-                "key": keys[i], "head": schema.heads[j].name, "given": self.class_name(j, int(self.labels[i, j])),
-                "suggested": self.class_name(j, int(s.suggested[i])), "quality": float(f"{s.score[i]:.4g}"),
-                "flagged": bool(s.flagged[i]),
-            })
+            rows.append(
+                {
+                    "key": keys[i],
+                    "head": schema.heads[j].name,
+                    "given": self.class_name(j, int(self.labels[i, j])),
+                    "suggested": self.class_name(j, int(s.suggested[i])),
+                    "quality": float(f"{s.score[i]:.4g}"),
+                    "flagged": bool(s.flagged[i]),
+                }
+            )
         return rows
 
     def outlier_rows(self, limit: int = MAX_OUTLIERS) -> list[dict[str, Any]]:
         o, keys = self.outliers, self.keys
-        return [{
-            "key": keys[i], "score": round(float(o.score[i]), 3), "embedding_z": round(float(o.embedding[i]), 3),
-            "statistics_z": round(float(o.statistics[i]), 3), "most_extreme_statistic": o.statistic[i],
-        } for i in o.ranking()[:limit]]
+        return [
+            {
+                "key": keys[i],
+                "score": round(float(o.score[i]), 3),
+                "embedding_z": round(float(o.embedding[i]), 3),
+                "statistics_z": round(float(o.statistics[i]), 3),
+                "most_extreme_statistic": o.statistic[i],
+            }
+            for i in o.ranking()[:limit]
+        ]
 
     def extremes(self, k: int = EXTREMES) -> dict[str, dict[str, list[str]]]:
         """Per appearance statistic, the keys of the ``k`` lowest and highest readable images."""
@@ -79,7 +90,10 @@ class Findings:
         for name in APPEARANCE:
             values = self.stats.column(name)[readable]
             order = readable[np.argsort(values, kind="stable")]
-            out[name] = {"lowest": [self.keys[i] for i in order[:k]], "highest": [self.keys[i] for i in order[::-1][:k]]}
+            out[name] = {
+                "lowest": [self.keys[i] for i in order[:k]],
+                "highest": [self.keys[i] for i in order[::-1][:k]],
+            }
         return out
 
     def image_overview(self) -> dict[str, Any]:
@@ -89,7 +103,14 @@ class Findings:
         def spread(values: np.ndarray) -> dict[str, float] | None:
             v = values[ok]
             v = v[~np.isnan(v)] if v.dtype.kind == "f" else v
-            return None if v.size == 0 else {q: round(float(x), 4) for q, x in zip(("min", "p5", "median", "p95", "max"), np.percentile(v, [0, 5, 50, 95, 100]))}
+            return (
+                None
+                if v.size == 0
+                else {
+                    q: round(float(x), 4)
+                    for q, x in zip(("min", "p5", "median", "p95", "max"), np.percentile(v, [0, 5, 50, 95, 100]))
+                }
+            )
 
         return {
             "formats": dict(Counter(f for f, r in zip(st.format, ok) if r)),

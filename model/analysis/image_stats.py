@@ -112,8 +112,16 @@ def profile(item: Item) -> dict[str, Any]:
         size = fh.tell()
     with Image.open(item.source) as header:  # header only: the format and mode as stored
         fmt, mode, (width, height) = header.format, header.mode, header.size
-    return {"error": None, "sha256": digest, "file_bytes": size, "format": fmt, "mode": mode,
-            "width": width, "height": height, **describe(np.asarray(image))}
+    return {
+        "error": None,
+        "sha256": digest,
+        "file_bytes": size,
+        "format": fmt,
+        "mode": mode,
+        "width": width,
+        "height": height,
+        **describe(np.asarray(image)),
+    }
 
 
 class _ProfileDataset(Dataset):
@@ -134,8 +142,13 @@ def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def image_statistics(items: list[Item], workers: int | None = None, progress: bool = False) -> ImageStats:
     """Profile every item, decoding in ``workers`` processes (default: as for scoring)."""
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(_ProfileDataset(items), batch_size=32, num_workers=workers, collate_fn=_as_list,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        _ProfileDataset(items),
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=_as_list,
+        prefetch_factor=4 if workers else None,
+    )
     rows: list[dict[str, Any]] = []
     for batch in tqdm(loader, desc="reading images", unit="batch", disable=not progress, leave=False):
         rows.extend(batch)
@@ -148,8 +161,15 @@ def image_statistics(items: list[Item], workers: int | None = None, progress: bo
         sha256=[r.get("sha256") for r in rows],
         format=[r.get("format") for r in rows],
         mode=[r.get("mode") for r in rows],
-        width=num("width", np.int64), height=num("height", np.int64), file_bytes=num("file_bytes", np.int64),
-        brightness=num("brightness"), contrast=num("contrast"), saturation=num("saturation"), sharpness=num("sharpness"),
+        width=num("width", np.int64),
+        height=num("height", np.int64),
+        file_bytes=num("file_bytes", np.int64),
+        brightness=num("brightness"),
+        contrast=num("contrast"),
+        saturation=num("saturation"),
+        sharpness=num("sharpness"),
         phash=np.array([r.get("phash", 0) for r in rows], dtype=np.uint64),
-        tiny=np.array([r.get("tiny", _NO_TINY) for r in rows], dtype=np.uint8).reshape(len(rows), TINY_SIDE, TINY_SIDE, 3),
+        tiny=np.array([r.get("tiny", _NO_TINY) for r in rows], dtype=np.uint8).reshape(
+            len(rows), TINY_SIDE, TINY_SIDE, 3
+        ),
     )

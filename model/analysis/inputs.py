@@ -121,8 +121,9 @@ def read_manifest_rows(path: Path, schema: LabelSchema) -> AnalysisInput:
     return out
 
 
-def read_export_tasks(tasks: Any, schema: LabelSchema, document_root: Path, source: str = "",
-                      errors: dict[str, str] | None = None) -> AnalysisInput:
+def read_export_tasks(
+    tasks: Any, schema: LabelSchema, document_root: Path, source: str = "", errors: dict[str, str] | None = None
+) -> AnalysisInput:
     """Items from a Label Studio export (a list of tasks); image URLs resolve under ``document_root``.
 
     ``errors``: task id -> why its image is unavailable, known before reading (e.g. a failed download).
@@ -167,7 +168,9 @@ def _annotator(annotation: dict[str, Any]) -> str:
     return str(who if who is not None else "")
 
 
-def _result_values(annotation: dict[str, Any], schema: LabelSchema) -> tuple[dict[str, str | None], list[tuple[str, str, str]]]:
+def _result_values(
+    annotation: dict[str, Any], schema: LabelSchema
+) -> tuple[dict[str, str | None], list[tuple[str, str, str]]]:
     """Head -> value of one annotation's ``result``, and the problems seen in it (unknown head, several values)."""
     values: dict[str, str | None] = {h: None for h in schema.head_names}
     problems: list[tuple[str, str, str]] = []

@@ -57,7 +57,9 @@ class Suspects:
         return ranked[np.argsort(self.score[ranked], kind="stable")]
 
 
-def out_of_fold_probs(features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
+def out_of_fold_probs(
+    features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = FOLDS, seed: int = 0
+) -> np.ndarray:
     """(N, n_classes) probabilities from k-fold cross-validation, so no image's own label informs its prediction.
 
     Classes with fewer members than folds reduce the folds (at least 2); columns of absent classes stay 0.
@@ -72,12 +74,16 @@ def out_of_fold_probs(features: np.ndarray, y: np.ndarray, n_classes: int, folds
     # One BLAS thread: these fits are small, and on a busy machine threaded BLAS is many times slower.
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probs = cross_val_predict(clf, features, y_local, cv=StratifiedKFold(k, shuffle=True, random_state=seed), method="predict_proba")
+        probs = cross_val_predict(
+            clf, features, y_local, cv=StratifiedKFold(k, shuffle=True, random_state=seed), method="predict_proba"
+        )
     out[:, present] = probs
     return out
 
 
-def suspected_labels(schema: LabelSchema, embeddings: np.ndarray, labels: np.ndarray, usable: np.ndarray, seed: int = 0) -> Suspects:
+def suspected_labels(
+    schema: LabelSchema, embeddings: np.ndarray, labels: np.ndarray, usable: np.ndarray, seed: int = 0
+) -> Suspects:
     """Rank the usable labeled items (``labels`` (N, heads), -1 = no label) by how doubtful their labels are."""
     n, n_heads = labels.shape
     quality = np.full((n, n_heads), np.nan)
@@ -104,7 +110,9 @@ def suspected_labels(schema: LabelSchema, embeddings: np.ndarray, labels: np.nda
         score = np.nanmin(quality, axis=1)
     worst = np.where(np.isnan(quality).all(axis=1), -1, np.argmin(np.nan_to_num(quality, nan=np.inf), axis=1))
     suggested = np.where(worst >= 0, suggestion[np.arange(n), np.maximum(worst, 0)], -1)
-    return Suspects(score=score, worst_head=worst, suggested=suggested, flagged=flagged, quality=quality, probe_accuracy=accuracy)
+    return Suspects(
+        score=score, worst_head=worst, suggested=suggested, flagged=flagged, quality=quality, probe_accuracy=accuracy
+    )
 
 
 def _normalise(embeddings: np.ndarray) -> np.ndarray:

@@ -62,8 +62,11 @@ def embedding_scores(embeddings: np.ndarray, labels: np.ndarray, usable: np.ndar
         return np.full(len(unit), np.nan)
     per_head = []
     for j in range(labels.shape[1]):
-        centroids = [unit[usable & (labels[:, j] == c)].mean(axis=0)
-                     for c in np.unique(labels[usable, j]) if c >= 0 and (usable & (labels[:, j] == c)).sum() >= 2]
+        centroids = [
+            unit[usable & (labels[:, j] == c)].mean(axis=0)
+            for c in np.unique(labels[usable, j])
+            if c >= 0 and (usable & (labels[:, j] == c)).sum() >= 2
+        ]
         if not centroids:  # no labels on this head: one centroid of everything
             centroids = [unit[usable].mean(axis=0)]
         cen = np.array(centroids)
@@ -85,7 +88,10 @@ def statistics_scores(stats: ImageStats) -> tuple[np.ndarray, list[str | None]]:
     with np.errstate(invalid="ignore"):
         best = np.nanargmax(np.where(np.isnan(absz), -1, absz), axis=0)
     score = absz[best, np.arange(absz.shape[1])]
-    which = [None if np.isnan(score[i]) else f"{APPEARANCE[b]} {'high' if z[b, i] > 0 else 'low'}" for i, b in enumerate(best)]
+    which = [
+        None if np.isnan(score[i]) else f"{APPEARANCE[b]} {'high' if z[b, i] > 0 else 'low'}"
+        for i, b in enumerate(best)
+    ]
     return score, which
 
 

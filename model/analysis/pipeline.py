@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -48,7 +49,7 @@ class AnalysisResult:
 def analyze(
     data: AnalysisInput,
     out_dir: str | Path,
-    model: "TrainedModel | None" = None,
+    model: TrainedModel | None = None,
     image_size: int = EMBEDDING_SIZE,
     max_ratio: float | None = None,
     workers: int | None = None,
@@ -62,7 +63,9 @@ def analyze(
     out_dir.mkdir(parents=True, exist_ok=True)
     schema, items = data.schema, data.items
     max_ratio = TrainConfig().max_ratio if max_ratio is None else max_ratio
-    labels = np.array([[-1 if v is None else v for v in it.labels] for it in items], dtype=np.int64).reshape(len(items), len(schema.heads))
+    labels = np.array([[-1 if v is None else v for v in it.labels] for it in items], dtype=np.int64).reshape(
+        len(items), len(schema.heads)
+    )
     timings: dict[str, float] = {}
     phases = [p for p in PHASES if p != "model" or model is not None]
     bar = tqdm(total=len(phases), desc="analysis", unit="phase", disable=not progress)
@@ -100,10 +103,26 @@ def analyze(
         with phase("model"):
             model_summary = _score_model(model, data, labels, usable, workers, progress)
     findings = Findings(
-        data=data, labels=labels, stats=stats, usable=usable, unreadable=unreadable,
-        distribution=class_distribution(schema, labels, max_ratio), exact=exact, near=near, suspects=suspects,
-        outliers=outliers, human=human, projection=projection, disagreements=disagreeing, model=model_summary, timings=timings,
-        settings={"embedding_backbone": "efficientnet_lite0 (ImageNet)", "embedding_size": image_size, "max_ratio": max_ratio},
+        data=data,
+        labels=labels,
+        stats=stats,
+        usable=usable,
+        unreadable=unreadable,
+        distribution=class_distribution(schema, labels, max_ratio),
+        exact=exact,
+        near=near,
+        suspects=suspects,
+        outliers=outliers,
+        human=human,
+        projection=projection,
+        disagreements=disagreeing,
+        model=model_summary,
+        timings=timings,
+        settings={
+            "embedding_backbone": "efficientnet_lite0 (ImageNet)",
+            "embedding_size": image_size,
+            "max_ratio": max_ratio,
+        },
     )
     with phase("report"):
         report_path = write_report(findings, out_dir / "report.html")
@@ -125,8 +144,14 @@ def project_2d(embeddings: np.ndarray, usable: np.ndarray) -> np.ndarray:
     return out
 
 
-def _score_model(model: "TrainedModel", data: AnalysisInput, labels: np.ndarray, usable: np.ndarray,
-                 workers: int | None, progress: bool) -> dict[str, Any]:
+def _score_model(
+    model: TrainedModel,
+    data: AnalysisInput,
+    labels: np.ndarray,
+    usable: np.ndarray,
+    workers: int | None,
+    progress: bool,
+) -> dict[str, Any]:
     """The model's accuracy and kappa against the labels, per head, on the usable labeled images."""
     if model.schema.heads != data.schema.heads:
         raise ValueError(

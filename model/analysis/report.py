@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -39,22 +40,37 @@ th{background:#f3f3f3} .grid{display:flex;flex-wrap:wrap;gap:8px;margin:.5em 0 1
 def write_report(findings: Findings, path: Path) -> Path:
     """Write the HTML report of ``findings`` to ``path``."""
     thumbs = _Thumbnails(findings)
-    body = "".join([
-        _overview(findings), _distribution(findings), _images(findings, thumbs), _label_problems(findings, thumbs),
-        _duplicates(findings, thumbs), _outliers(findings, thumbs), _baseline(findings), _classes(findings, thumbs),
-    ])
+    body = "".join(
+        [
+            _overview(findings),
+            _distribution(findings),
+            _images(findings, thumbs),
+            _label_problems(findings, thumbs),
+            _duplicates(findings, thumbs),
+            _outliers(findings, thumbs),
+            _baseline(findings),
+            _classes(findings, thumbs),
+        ]
+    )
     nav = "".join(f'<a href="#{sid}">{title}</a>' for sid, title in SECTIONS)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Data analysis: {_e(findings.data.source)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>Data analysis</h1><p class='muted'>{_e(findings.data.source)}</p>"
-            f"<nav>{nav}</nav>{body}</body></html>")
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Data analysis: {_e(findings.data.source)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>Data analysis</h1><p class='muted'>{_e(findings.data.source)}</p>"
+        f"<nav>{nav}</nav>{body}</body></html>"
+    )
     path.write_text(page, encoding="utf-8")
     return path
 
 
 SECTIONS = (
-    ("overview", "Overview"), ("distribution", "Class distribution"), ("images", "Images"),
-    ("label-problems", "Label problems"), ("duplicates", "Duplicates"), ("outliers", "Outliers"),
-    ("human-baseline", "Human baseline"), ("classes", "Classes"),
+    ("overview", "Overview"),
+    ("distribution", "Class distribution"),
+    ("images", "Images"),
+    ("label-problems", "Label problems"),
+    ("duplicates", "Duplicates"),
+    ("outliers", "Outliers"),
+    ("human-baseline", "Human baseline"),
+    ("classes", "Classes"),
 )
 
 
@@ -79,7 +95,11 @@ class _Thumbnails:
 
     def card(self, i: int, caption: str) -> str:
         b64 = self(i)
-        img = f'<img alt="{_e(self.items[i].key)}" src="data:image/jpeg;base64,{b64}">' if b64 else "<div class='warn'>unreadable</div>"
+        img = (
+            f'<img alt="{_e(self.items[i].key)}" src="data:image/jpeg;base64,{b64}">'
+            if b64
+            else "<div class='warn'>unreadable</div>"
+        )
         return f'<div class="card">{img}{caption}</div>'
 
     def grid(self, entries: Iterable[tuple[int, str]]) -> str:
@@ -130,11 +150,17 @@ def _plt():
 
 
 def _overview(f: Findings) -> str:
-    rows = [("images", len(f.keys)), ("labeled", int(f.labeled.sum())), ("unlabeled", int((~f.labeled).sum())),
-            ("unreadable", len(f.unreadable)), ("label issues (missing head, value outside the config)", len(f.data.label_issues)),
-            ("tasks where annotators disagree", len({d["key"] for d in f.disagreements})),
-            ("suspected wrong labels (flagged by confident learning)", int(f.suspects.flagged.sum())),
-            ("exact duplicate groups", len(f.exact)), ("near-duplicate groups", len(f.near))]
+    rows = [
+        ("images", len(f.keys)),
+        ("labeled", int(f.labeled.sum())),
+        ("unlabeled", int((~f.labeled).sum())),
+        ("unreadable", len(f.unreadable)),
+        ("label issues (missing head, value outside the config)", len(f.data.label_issues)),
+        ("tasks where annotators disagree", len({d["key"] for d in f.disagreements})),
+        ("suspected wrong labels (flagged by confident learning)", int(f.suspects.flagged.sum())),
+        ("exact duplicate groups", len(f.exact)),
+        ("near-duplicate groups", len(f.near)),
+    ]
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in f.timings.items())
     return _section("overview", _table(["", "count"], rows) + f"<p class='muted'>Time per phase: {_e(timings)}</p>")
 
@@ -170,8 +196,10 @@ def _distribution(f: Findings) -> str:
         h, t = dist["heads"][head.name], dist["trainer"]["heads"][head.name]
         for c in head.classes:
             rows.append((head.name, c, h["counts"][c], f"{h['shares'][c]:.1%}", t["kept"][c], t["class_weights"][c]))
-    ratios = ", ".join(f"{n}: {_fmt(h['imbalance_ratio'])}" + (f" (absent: {', '.join(h['absent'])})" if h["absent"] else "")
-                       for n, h in dist["heads"].items())
+    ratios = ", ".join(
+        f"{n}: {_fmt(h['imbalance_ratio'])}" + (f" (absent: {', '.join(h['absent'])})" if h["absent"] else "")
+        for n, h in dist["heads"].items()
+    )
     parts.append(f"<p>Imbalance ratio (largest / smallest class): {_e(ratios)}</p>")
     parts.append(_table(["head", "class", "labeled", "share", "kept by the trainer", "class weight"], rows))
     return _section("distribution", "".join(parts))
@@ -180,8 +208,12 @@ def _distribution(f: Findings) -> str:
 def _images(f: Findings, thumbs: _Thumbnails) -> str:
     plt = _plt()
     keys, overview = f.keys, f.image_overview()
-    parts = [f"<h3>Unreadable images ({len(f.unreadable)})</h3>",
-             _table(["image", "reason"], [(keys[i], r) for i, r in sorted(f.unreadable.items())]) if f.unreadable else "<p>none</p>"]
+    parts = [
+        f"<h3>Unreadable images ({len(f.unreadable)})</h3>",
+        _table(["image", "reason"], [(keys[i], r) for i, r in sorted(f.unreadable.items())])
+        if f.unreadable
+        else "<p>none</p>",
+    ]
     parts.append("<h3>Formats, modes and sizes</h3>")
     parts.append(_table(["format", "images"], overview["formats"].items()))
     parts.append(_table(["mode", "images"], overview["modes"].items()))
@@ -195,44 +227,72 @@ def _images(f: Findings, thumbs: _Thumbnails) -> str:
     parts.append("<h3>Extremes</h3>")
     index = {k: i for i, k in enumerate(keys)}
     for name, ends in overview["extremes"].items():
-        entries = [(index[k], f"lowest {name}: {f.stats.column(name)[index[k]]:.3f}<br>{_e(k)}") for k in ends["lowest"]]
-        entries += [(index[k], f"highest {name}: {f.stats.column(name)[index[k]]:.3f}<br>{_e(k)}") for k in ends["highest"]]
+        entries = [
+            (index[k], f"lowest {name}: {f.stats.column(name)[index[k]]:.3f}<br>{_e(k)}") for k in ends["lowest"]
+        ]
+        entries += [
+            (index[k], f"highest {name}: {f.stats.column(name)[index[k]]:.3f}<br>{_e(k)}") for k in ends["highest"]
+        ]
         parts.append(f"<h4>{name}</h4>" + thumbs.grid(entries))
     return _section("images", "".join(parts))
 
 
 def _label_problems(f: Findings, thumbs: _Thumbnails) -> str:
     issues = f.data.label_issues
-    parts = [f"<h3>Unusable labels ({len(issues)})</h3>",
-             _table(["image", "head", "problem", "value"], [(x.key, x.head, x.kind, x.value) for x in issues[:500]]) if issues else "<p>none</p>",
-             f"<h3>Annotators disagreeing ({len(f.disagreements)})</h3>"]
-    parts.append(_table(["task", "head", "values", "annotators"],
-                        [(d["key"], d["head"], ", ".join(d["values"]), ", ".join(d["annotators"])) for d in f.disagreements[:500]])
-                 if f.disagreements else "<p>none</p>")
+    parts = [
+        f"<h3>Unusable labels ({len(issues)})</h3>",
+        _table(["image", "head", "problem", "value"], [(x.key, x.head, x.kind, x.value) for x in issues[:500]])
+        if issues
+        else "<p>none</p>",
+        f"<h3>Annotators disagreeing ({len(f.disagreements)})</h3>",
+    ]
+    parts.append(
+        _table(
+            ["task", "head", "values", "annotators"],
+            [(d["key"], d["head"], ", ".join(d["values"]), ", ".join(d["annotators"])) for d in f.disagreements[:500]],
+        )
+        if f.disagreements
+        else "<p>none</p>"
+    )
     acc = ", ".join(f"{h} {a:.1%}" for h, a in f.suspects.probe_accuracy.items())
-    parts.append("<h3>Suspected wrong labels</h3>"
-                 f"<p>A logistic regression on ImageNet embeddings, 5-fold cross-validated (accuracy: {_e(acc) or 'n/a'}), "
-                 "predicts each label without seeing it; the labels it finds least likely come first (cleanlab's self-confidence). "
-                 f"Confident learning flags {int(f.suspects.flagged.sum())} image(s).</p>")
+    parts.append(
+        "<h3>Suspected wrong labels</h3>"
+        f"<p>A logistic regression on ImageNet embeddings, 5-fold cross-validated (accuracy: {_e(acc) or 'n/a'}), "
+        "predicts each label without seeing it; the labels it finds least likely come first (cleanlab's self-confidence). "
+        f"Confident learning flags {int(f.suspects.flagged.sum())} image(s).</p>"
+    )
     rows = f.suspect_rows(GRID_LIMIT)
     index = {k: i for i, k in enumerate(f.keys)}
-    parts.append(thumbs.grid((index[r["key"]], f"{_e(r['head'])}: <b>{_e(r['given'])}</b> &rarr; {_e(r['suggested'])} "
-                              f"(p={r['quality']:.3g}){' <span class=warn>flagged</span>' if r['flagged'] else ''}<br>{_e(r['key'])}")
-                             for r in rows))
+    parts.append(
+        thumbs.grid(
+            (
+                index[r["key"]],
+                f"{_e(r['head'])}: <b>{_e(r['given'])}</b> &rarr; {_e(r['suggested'])} "
+                f"(p={r['quality']:.3g}){' <span class=warn>flagged</span>' if r['flagged'] else ''}<br>{_e(r['key'])}",
+            )
+            for r in rows
+        )
+    )
     return _section("label-problems", "".join(parts))
 
 
 def _duplicates(f: Findings, thumbs: _Thumbnails) -> str:
     labeled = f.labeled
-    parts = [f"<p>{len(f.exact)} group(s) of identical files, {len(f.near)} group(s) of near duplicates "
-             "(perceptual hash within 10 bits or embedding cosine at least 0.95, confirmed by 16x16 thumbnails correlating at "
-             "0.95 or more and an embedding cosine of at least 0.8). A group that spans the labeled and "
-             "unlabeled parts wastes a label; one with different labels holds a label error.</p>"]
+    parts = [
+        f"<p>{len(f.exact)} group(s) of identical files, {len(f.near)} group(s) of near duplicates "
+        "(perceptual hash within 10 bits or embedding cosine at least 0.95, confirmed by 16x16 thumbnails correlating at "
+        "0.95 or more and an embedding cosine of at least 0.8). A group that spans the labeled and "
+        "unlabeled parts wastes a label; one with different labels holds a label error.</p>"
+    ]
     for title, groups in (("Exact duplicates", f.exact), ("Near duplicates", f.near)):
         parts.append(f"<h3>{title} ({len(groups)})</h3>")
         for g in groups[:GROUP_LIMIT]:
-            cards = "".join(thumbs.card(i, f"{_e(f.keys[i])}<br>{'labeled: ' + _e(_label_text(f, i)) if labeled[i] else 'unlabeled'}")
-                            for i in g.members[:8])
+            cards = "".join(
+                thumbs.card(
+                    i, f"{_e(f.keys[i])}<br>{'labeled: ' + _e(_label_text(f, i)) if labeled[i] else 'unlabeled'}"
+                )
+                for i in g.members[:8]
+            )
             parts.append(f'<div class="group">{cards}</div>')
         if len(groups) > GROUP_LIMIT:
             parts.append(f"<p class='muted'>... and {len(groups) - GROUP_LIMIT} more in summary.json</p>")
@@ -247,10 +307,20 @@ def _outliers(f: Findings, thumbs: _Thumbnails) -> str:
     plt = _plt()
     o = f.outliers
     ranking = o.ranking()
-    parts = ["<p>Score: the larger of the distance to the nearest class centroid in embedding space and the most extreme "
-             "appearance statistic, both as robust z-scores (median and MAD).</p>"]
-    parts.append(thumbs.grid((i, f"score {o.score[i]:.1f} (embedding {o.embedding[i]:.1f}, {_e(o.statistic[i])} {o.statistics[i]:.1f})"
-                                 f"<br>{_e(f.keys[i])}") for i in ranking[:GRID_LIMIT]))
+    parts = [
+        "<p>Score: the larger of the distance to the nearest class centroid in embedding space and the most extreme "
+        "appearance statistic, both as robust z-scores (median and MAD).</p>"
+    ]
+    parts.append(
+        thumbs.grid(
+            (
+                i,
+                f"score {o.score[i]:.1f} (embedding {o.embedding[i]:.1f}, {_e(o.statistic[i])} {o.statistics[i]:.1f})"
+                f"<br>{_e(f.keys[i])}",
+            )
+            for i in ranking[:GRID_LIMIT]
+        )
+    )
     usable = np.flatnonzero(f.usable & ~np.isnan(f.projection).any(axis=1))
     if len(usable):
         emb = f.projection[usable]
@@ -273,14 +343,37 @@ def _baseline(f: Findings) -> str:
     for head in f.data.schema.head_names:
         h = f.human[head]
         m = (f.model or {}).get("heads", {}).get(head, {})
-        rows.append((head, h["n_tasks"], h["raw_agreement"], h["kappa"], h["pairwise_agreement"],
-                     m.get("accuracy"), m.get("kappa"), f.suspects.probe_accuracy.get(head)))
-    note = ("<p>Humans: first vs second annotation of each task labeled more than once. "
-            "Model: its predictions against the labels" + (f" (version {_e(f.model['version'])}; {_e(f.model['note'])})" if f.model else
-                                                            ", not given (pass --model)") +
-            ". Linear probe: cross-validated logistic regression on ImageNet embeddings, a floor for a trained model.</p>")
-    table = _table(["head", "tasks labeled twice+", "human raw agreement", "human Cohen's kappa", "all-pairs agreement",
-                    "model accuracy", "model kappa", "linear probe accuracy"], rows)
+        rows.append(
+            (
+                head,
+                h["n_tasks"],
+                h["raw_agreement"],
+                h["kappa"],
+                h["pairwise_agreement"],
+                m.get("accuracy"),
+                m.get("kappa"),
+                f.suspects.probe_accuracy.get(head),
+            )
+        )
+    note = (
+        "<p>Humans: first vs second annotation of each task labeled more than once. "
+        "Model: its predictions against the labels"
+        + (f" (version {_e(f.model['version'])}; {_e(f.model['note'])})" if f.model else ", not given (pass --model)")
+        + ". Linear probe: cross-validated logistic regression on ImageNet embeddings, a floor for a trained model.</p>"
+    )
+    table = _table(
+        [
+            "head",
+            "tasks labeled twice+",
+            "human raw agreement",
+            "human Cohen's kappa",
+            "all-pairs agreement",
+            "model accuracy",
+            "model kappa",
+            "linear probe accuracy",
+        ],
+        rows,
+    )
     return _section("human-baseline", note + table)
 
 
@@ -291,5 +384,8 @@ def _classes(f: Findings, thumbs: _Thumbnails) -> str:
         for c, name in enumerate(head.classes):
             members = np.flatnonzero(f.usable & (f.labels[:, j] == c))
             pick = rng.choice(members, size=min(PER_CLASS, len(members)), replace=False) if len(members) else []
-            parts.append(f"<h3>{_e(head.name)} = {_e(name)} ({len(members)})</h3>" + thumbs.grid((int(i), _e(f.keys[i])) for i in pick))
+            parts.append(
+                f"<h3>{_e(head.name)} = {_e(name)} ({len(members)})</h3>"
+                + thumbs.grid((int(i), _e(f.keys[i])) for i in pick)
+            )
     return _section("classes", "".join(parts))

@@ -58,23 +58,43 @@ class DecodedImages:
         self.__init__(state["path"])
 
     @classmethod
-    def decode(cls, examples: list[Example], image_size: int, path: str | os.PathLike[str], workers: int = 0,
-               batch_size: int = 64, progress: bool = True) -> "DecodedImages":
+    def decode(
+        cls,
+        examples: list[Example],
+        image_size: int,
+        path: str | os.PathLike[str],
+        workers: int = 0,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> DecodedImages:
         """Decode and squash ``examples`` into ``path`` (.npy, with a .json of keys beside it) and open it."""
         path = Path(path)
-        loader = DataLoader(ImageDataset(examples, None, image_size), batch_size=batch_size, num_workers=workers,
-                            collate_fn=collate, prefetch_factor=4 if workers else None)
-        pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(examples), 3, image_size, image_size))
+        loader = DataLoader(
+            ImageDataset(examples, None, image_size),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            prefetch_factor=4 if workers else None,
+        )
+        pixels = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.uint8, shape=(len(examples), 3, image_size, image_size)
+        )
         keys: list[str] = []
         failures: dict[str, str] = {}
-        for batch in tqdm(loader, desc=f"decoding {len(examples)} images", unit="batch", disable=not progress, leave=False):
-            failures.update((examples[i].key, reason.removeprefix(f"{examples[i].key}: ")) for i, reason in batch["failures"])
+        for batch in tqdm(
+            loader, desc=f"decoding {len(examples)} images", unit="batch", disable=not progress, leave=False
+        ):
+            failures.update(
+                (examples[i].key, reason.removeprefix(f"{examples[i].key}: ")) for i, reason in batch["failures"]
+            )
             if "image" in batch:
-                pixels[len(keys):len(keys) + len(batch["index"])] = batch["image"].numpy()
+                pixels[len(keys) : len(keys) + len(batch["index"])] = batch["image"].numpy()
                 keys += [examples[i].key for i in batch["index"].tolist()]
         pixels.flush()
         del pixels
-        path.with_suffix(".json").write_text(json.dumps({"image_size": image_size, "keys": keys, "failures": failures}), encoding="utf-8")
+        path.with_suffix(".json").write_text(
+            json.dumps({"image_size": image_size, "keys": keys, "failures": failures}), encoding="utf-8"
+        )
         if failures:
             logger.warning("%d of %d image(s) could not be read and will be skipped", len(failures), len(examples))
         return cls(path)

@@ -13,9 +13,10 @@ import json
 import logging
 import posixpath
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
@@ -27,6 +28,7 @@ from model.data.transforms import squash
 from model.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
+
 
 class PixelSource(Protocol):
     """Images already decoded at one size, by key (``model.data.decoded.DecodedImages`` is one).
@@ -67,9 +69,11 @@ class ExampleSet:
 
     def label_matrix(self) -> np.ndarray:
         """(N, heads) int array of class indices; every example must be labeled."""
-        return np.array([e.labels for e in self.examples], dtype=np.int64).reshape(len(self.examples), len(self.schema.heads))
+        return np.array([e.labels for e in self.examples], dtype=np.int64).reshape(
+            len(self.examples), len(self.schema.heads)
+        )
 
-    def subset(self, indices: Iterable[int]) -> "ExampleSet":
+    def subset(self, indices: Iterable[int]) -> ExampleSet:
         return ExampleSet(self.schema, [self.examples[i] for i in indices], list(self.problems))
 
     def report_problems(self, what: str) -> None:
@@ -89,7 +93,9 @@ def read_manifest(path: str | Path, schema: LabelSchema, require_labels: bool = 
             raise ValueError(f"{path}: the manifest needs an 'image' column; it has {columns}")
         missing_cols = [h for h in schema.head_names if h not in columns]
         if require_labels and missing_cols:
-            raise ValueError(f"{path}: no column for head(s) {missing_cols}; expected columns image,{','.join(schema.head_names)}")
+            raise ValueError(
+                f"{path}: no column for head(s) {missing_cols}; expected columns image,{','.join(schema.head_names)}"
+            )
         for lineno, row in enumerate(reader, start=2):
             where = f"{path.name} row {lineno}"
             rel = (row.get("image") or "").strip()
@@ -112,10 +118,15 @@ def read_folder(folder: str | Path, schema: LabelSchema) -> ExampleSet:
     """Every image file under ``folder`` (recursively), unlabeled, in sorted order."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return ExampleSet(schema, [Example(key=str(p.relative_to(folder)), source=str(p), labels=(None,) * len(schema.heads)) for p in files])
+    return ExampleSet(
+        schema,
+        [Example(key=str(p.relative_to(folder)), source=str(p), labels=(None,) * len(schema.heads)) for p in files],
+    )
 
 
-def read_label_studio_export(path: str | Path, schema: LabelSchema, document_root: str | Path | None = None) -> ExampleSet:
+def read_label_studio_export(
+    path: str | Path, schema: LabelSchema, document_root: str | Path | None = None
+) -> ExampleSet:
     """Read a Label Studio JSON export: the latest non-cancelled annotation of each task gives its labels.
 
     Image URLs of local storage (``/data/local-files/?d=...``) and plain paths are resolved under
@@ -195,7 +206,9 @@ def resolve_local_url(url: str, root: Path) -> Path | None:
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def _row_labels(schema: LabelSchema, values: dict[str, str | None], require_labels: bool) -> tuple[tuple[int | None, ...], str | None]:
+def _row_labels(
+    schema: LabelSchema, values: dict[str, str | None], require_labels: bool
+) -> tuple[tuple[int | None, ...], str | None]:
     labels: list[int | None] = []
     for head in schema.heads:
         value = (values.get(head.name) or "").strip()
@@ -221,10 +234,17 @@ class ImageDataset(Dataset):
     network's input (model.data.transforms); None keeps the uint8 pixels.
     """
 
-    def __init__(self, examples: list[Example], transform: Callable[[torch.Tensor], torch.Tensor] | None, image_size: int,
-                 decoded: PixelSource | None = None) -> None:
+    def __init__(
+        self,
+        examples: list[Example],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
+        image_size: int,
+        decoded: PixelSource | None = None,
+    ) -> None:
         if decoded is not None and decoded.image_size != image_size:
-            raise ValueError(f"the decoded images are {decoded.image_size} px but this pass needs {image_size} px; decode them again")
+            raise ValueError(
+                f"the decoded images are {decoded.image_size} px but this pass needs {image_size} px; decode them again"
+            )
         self.examples = examples
         self.transform = transform
         self.image_size = image_size
@@ -259,7 +279,10 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the good items; carry the failures along so the caller can count and report them."""
     good = [it for it in items if "image" in it]
     failures = [(it["index"], it["error"]) for it in items if "error" in it]
-    batch: dict[str, Any] = {"failures": failures, "index": torch.tensor([it["index"] for it in good], dtype=torch.long)}
+    batch: dict[str, Any] = {
+        "failures": failures,
+        "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
+    }
     if good:
         batch["image"] = torch.stack([it["image"] for it in good])
         batch["labels"] = torch.stack([it["labels"] for it in good])

@@ -14,7 +14,9 @@ def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=n_classes)
 
 
-def undersample(labels: np.ndarray, n_classes: list[int], max_ratio: float = 10.0, rng: np.random.Generator | None = None) -> np.ndarray:
+def undersample(
+    labels: np.ndarray, n_classes: list[int], max_ratio: float = 10.0, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Indices of rows to keep so that no class exceeds ``max_ratio`` times the rarest present class of its head.
 
     ``labels`` is (N, heads). A row that carries a rare class of ANY head is protected: dropping a
@@ -43,7 +45,9 @@ def undersample(labels: np.ndarray, n_classes: list[int], max_ratio: float = 10.
     return np.flatnonzero(keep)
 
 
-def _carries_rare_class_of_other_head(labels: np.ndarray, rows: np.ndarray, head: int, over: list[set[int]]) -> np.ndarray:
+def _carries_rare_class_of_other_head(
+    labels: np.ndarray, rows: np.ndarray, head: int, over: list[set[int]]
+) -> np.ndarray:
     """Whether each row carries a rare class of a head OTHER than ``head``.
 
     A head without any class over its cap is balanced and has no rare class: protecting its rows

@@ -27,13 +27,15 @@ def eval_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compos
 
 def train_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
     """Squashed uint8 pixels -> an augmented, normalised float input."""
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(0.65, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.RandomRotation(5)], p=0.3),
-        v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3),
-        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.0))], p=0.2),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomApply([v2.GaussianNoise(sigma=0.02)], p=0.3),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.65, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.RandomRotation(5)], p=0.3),
+            v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.0))], p=0.2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply([v2.GaussianNoise(sigma=0.02)], p=0.3),
+            v2.Normalize(mean, std),
+        ]
+    )

@@ -107,7 +107,9 @@ class EfficientNetLite0(Backbone):
         mapped = {}
         for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
             if sv.shape != dv.shape:
-                raise RuntimeError(f"efficientnet-lite0 weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+                raise RuntimeError(
+                    f"efficientnet-lite0 weight {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}"
+                )
             mapped[dk] = sv
         self.net.load_state_dict(mapped)
 
@@ -155,7 +157,8 @@ class ResNet18(Backbone):
         except Exception as exc:  # no network, no cache: a usable model is still better than none
             logger.warning(
                 "resnet18: could not get torchvision's ImageNet weights (%s); using random initialisation. "
-                "Pass a local weights file, or use the default efficientnet_lite0 which ships its weights.", exc
+                "Pass a local weights file, or use the default efficientnet_lite0 which ships its weights.",
+                exc,
             )
             return
         self.net.load_state_dict(state)
@@ -176,7 +179,9 @@ def build_backbone(name: str = "efficientnet_lite0", weights: str | Path | None 
         try:
             result = backbone.net.load_state_dict(_read_state_dict(Path(weights)), strict=False)
         except RuntimeError as exc:  # tensors with the right names but the wrong shapes
-            raise ValueError(f"weights file {weights} does not fit {name}: {str(exc).splitlines()[-1].strip()}") from None
+            raise ValueError(
+                f"weights file {weights} does not fit {name}: {str(exc).splitlines()[-1].strip()}"
+            ) from None
         missing = [k for k in result.missing_keys if not k.startswith(("classifier.", "fc."))]
         if missing:
             raise ValueError(

@@ -52,10 +52,24 @@ class TrainedModel:
     def version(self) -> str:
         return str(self.meta.get("version", ""))
 
-    def score(self, examples: list[Example], batch_size: int = 32, workers: int | None = None, progress: bool = False,
-              desc: str = "scoring", decoded: DecodedImages | None = None) -> ScoreResult:
-        loader = inference_loader(examples, self.image_size, tuple(self.meta["mean"]), tuple(self.meta["std"]),
-                                  batch_size=batch_size, workers=workers, decoded=decoded)
+    def score(
+        self,
+        examples: list[Example],
+        batch_size: int = 32,
+        workers: int | None = None,
+        progress: bool = False,
+        desc: str = "scoring",
+        decoded: DecodedImages | None = None,
+    ) -> ScoreResult:
+        loader = inference_loader(
+            examples,
+            self.image_size,
+            tuple(self.meta["mean"]),
+            tuple(self.meta["std"]),
+            batch_size=batch_size,
+            workers=workers,
+            decoded=decoded,
+        )
         return run_inference(self.net, loader, progress=progress, desc=desc)
 
     def save(self, directory: str | Path) -> Path:
@@ -68,11 +82,13 @@ class TrainedModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TrainedModel":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a model checkpoint: {META_FILE} is missing (train one with `weather-al train`)")
+            raise FileNotFoundError(
+                f"{directory} is not a model checkpoint: {META_FILE} is missing (train one with `weather-al train`)"
+            )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         schema = LabelSchema.from_dict(meta["schema"])
         net = MultiHeadNet(build_backbone(meta["backbone"], weights=None), schema)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def per_sample_loss(logits: dict[str, torch.Tensor], targets: torch.Tensor, weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+def per_sample_loss(
+    logits: dict[str, torch.Tensor], targets: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Sum over heads of each sample's cross-entropy; ``targets`` is (B, heads) in head order.
 
     Without ``weights`` this is the loss module's target (Yoo & Kweon 2019: the unweighted target

@@ -77,7 +77,7 @@ class MultiHeadNet(nn.Module):
                 p.requires_grad = i >= 4 - n
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "MultiHeadNet":
+    def train(self, mode: bool = True) -> MultiHeadNet:
         super().train(mode)
         for g in getattr(self, "_frozen", []):
             g.eval()

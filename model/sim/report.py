@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from model.sim.results import SimulationResult
 
 
-def curves(rows: list[dict[str, Any]], x: str, y: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def curves(
+    rows: list[dict[str, Any]], x: str, y: str
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per strategy: x (mean over seeds), and the mean, min and max of y over seeds, per cycle.
 
     Missing values (None/NaN) are left out of the statistics of their cycle.
@@ -55,7 +57,7 @@ def _png(fig) -> str:
 
 def _band_plot(ax, rows, x: str, y: str, ylabel: str, xlabel: str, hline: float | None = None) -> None:
     for strategy, (xs, mean, lo, hi) in curves(rows, x, y).items():
-        line, = ax.plot(xs, mean, marker="o", ms=3, label=strategy)
+        (line,) = ax.plot(xs, mean, marker="o", ms=3, label=strategy)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=f"target {hline:g}")
@@ -65,7 +67,7 @@ def _band_plot(ax, rows, x: str, y: str, ylabel: str, xlabel: str, hline: float 
     ax.legend(fontsize=8)
 
 
-def figures(result: "SimulationResult") -> list[tuple[str, str]]:
+def figures(result: SimulationResult) -> list[tuple[str, str]]:
     """(caption, base64 PNG) pairs."""
     import matplotlib
 
@@ -75,17 +77,36 @@ def figures(result: "SimulationResult") -> list[tuple[str, str]]:
     rows, target = result.rows, result.settings["target"]
     out = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _band_plot(axes[0], rows, "labels", "accuracy", "test accuracy (mean over heads)", "labels (seed set + manual picks)")
-    _band_plot(axes[1], rows, "labels", "macro_f1", "test macro-F1 (mean over heads)", "labels (seed set + manual picks)")
-    out.append(("Accuracy and macro-F1 on the test set against labels; line = mean over seeds, band = min..max.", _png(fig)))
+    _band_plot(
+        axes[0], rows, "labels", "accuracy", "test accuracy (mean over heads)", "labels (seed set + manual picks)"
+    )
+    _band_plot(
+        axes[1], rows, "labels", "macro_f1", "test macro-F1 (mean over heads)", "labels (seed set + manual picks)"
+    )
+    out.append(
+        ("Accuracy and macro-F1 on the test set against labels; line = mean over seeds, band = min..max.", _png(fig))
+    )
     plt.close(fig)
 
     precision = "precision_truth" if result.settings["has_truth"] else "precision_labels"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     _band_plot(axes[0], rows, "cycle", "auto_share", "auto-labeled share of the remaining pool", "cycle")
-    _band_plot(axes[1], rows, "cycle", precision, f"measured precision ({precision.split('_')[1]}), all heads", "cycle", hline=target)
-    out.append(("Automatic annotation per cycle: the certified band (minus the audit) as a share of the unlabeled pool, "
-                "and its measured precision (no point = nothing certified).", _png(fig)))
+    _band_plot(
+        axes[1],
+        rows,
+        "cycle",
+        precision,
+        f"measured precision ({precision.split('_')[1]}), all heads",
+        "cycle",
+        hline=target,
+    )
+    out.append(
+        (
+            "Automatic annotation per cycle: the certified band (minus the audit) as a share of the unlabeled pool, "
+            "and its measured precision (no point = nothing certified).",
+            _png(fig),
+        )
+    )
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -112,8 +133,21 @@ def figures(result: "SimulationResult") -> list[tuple[str, str]]:
     return out
 
 
-TABLE_COLUMNS = ("labels", "labels_by_people", "macro_f1", "accuracy", "auto_share", "precision_labels", "precision_truth",
-                 "threshold", "lower_bound", "auroc_loss", "auroc_msp", "time_train", "time_score")
+TABLE_COLUMNS = (
+    "labels",
+    "labels_by_people",
+    "macro_f1",
+    "accuracy",
+    "auto_share",
+    "precision_labels",
+    "precision_truth",
+    "threshold",
+    "lower_bound",
+    "auroc_loss",
+    "auroc_msp",
+    "time_train",
+    "time_score",
+)
 
 
 def final_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -126,7 +160,13 @@ def final_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
         for c in TABLE_COLUMNS:
             values = np.array([_num(r.get(c)) for r in sel], dtype=float)
             values = values[np.isfinite(values)]
-            line[c] = "–" if not values.size else f"{values.mean():.3f} ± {values.std():.3f}" if values.size > 1 else f"{values[0]:.3f}"
+            line[c] = (
+                "–"
+                if not values.size
+                else f"{values.mean():.3f} ± {values.std():.3f}"
+                if values.size > 1
+                else f"{values[0]:.3f}"
+            )
         out.append(line)
     return out
 
@@ -135,16 +175,25 @@ def _html_table(lines: list[dict[str, str]]) -> str:
     if not lines:
         return ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in lines[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in line.values()) + "</tr>" for line in lines)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in line.values()) + "</tr>" for line in lines
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(result: "SimulationResult", path: Path) -> Path:
+def write_report(result: SimulationResult, path: Path) -> Path:
     """Write the self-contained report to ``path``."""
-    figs = "".join(f'<figure><img src="data:image/png;base64,{b64}"><figcaption>{html.escape(cap)}</figcaption></figure>'
-                   for cap, b64 in figures(result))
-    per_cycle = [{c: ("" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r[c]))
-                  for c in ("strategy", "seed", "cycle", *TABLE_COLUMNS, "more_labels_needed")} for r in result.rows]
+    figs = "".join(
+        f'<figure><img src="data:image/png;base64,{b64}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+        for cap, b64 in figures(result)
+    )
+    per_cycle = [
+        {
+            c: ("" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r[c]))
+            for c in ("strategy", "seed", "cycle", *TABLE_COLUMNS, "more_labels_needed")
+        }
+        for r in result.rows
+    ]
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>weather-al simulation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:12px}}

@@ -223,14 +223,18 @@ def _draw_buildings(rng, lay: _Layout, canvas: _Canvas, lit_share: float) -> Non
         x += w + rng.uniform(-5, 25) * s
 
 
-def _windows(rng, s: float, box: tuple[int, int, int, int], canvas: _Canvas, colour: np.ndarray, lit_share: float) -> None:
+def _windows(
+    rng, s: float, box: tuple[int, int, int, int], canvas: _Canvas, colour: np.ndarray, lit_share: float
+) -> None:
     """A window grid as a mask pasted in one call; lit windows vary in brightness."""
     x0, y0, x1, y1 = box
     win_w, win_h = rng.uniform(4, 9) * s, rng.uniform(5, 10) * s
     step_x, step_y = win_w * rng.uniform(1.6, 2.4), win_h * rng.uniform(1.5, 2.2)
     ys = np.arange(y1 - y0 - 3)[:, None] - step_y * 0.6
     xs = np.arange(x1 - x0)[None, :] - step_x * 0.4
-    inside = (ys >= 0) & (ys % step_y < win_h) & (xs >= 0) & (xs % step_x < win_w) & (xs < x1 - x0 - step_x * 0.4 - win_w)
+    inside = (
+        (ys >= 0) & (ys % step_y < win_h) & (xs >= 0) & (xs % step_x < win_w) & (xs < x1 - x0 - step_x * 0.4 - win_w)
+    )
     if not inside.any():
         return
     region = (x0, y0, x1, y0 + inside.shape[0])
@@ -279,8 +283,10 @@ def _draw_ground(rng, lay: _Layout, canvas: _Canvas) -> None:
         for near in _depths(rng, 14, 0.9):
             far = near / (1.0 + 1.8 * dash * near)
             (x0, y0), (x1, y1) = lay.at(near, lateral), lay.at(far, lateral)
-            canvas.albedo.polygon([(x0 - half * near, y0), (x0 + half * near, y0),
-                                   (x1 + half * far, y1), (x1 - half * far, y1)], fill=paint)
+            canvas.albedo.polygon(
+                [(x0 - half * near, y0), (x0 + half * near, y0), (x1 + half * far, y1), (x1 - half * far, y1)],
+                fill=paint,
+            )
 
 
 def _draw_lamps(rng, lay: _Layout, canvas: _Canvas, on: bool) -> None:
@@ -310,7 +316,9 @@ def _draw_cars(rng, lay: _Layout, canvas: _Canvas, count: int, lights_on: bool) 
         body = np.clip(rng.uniform(0.05, 0.9) * np.array([1, rng.uniform(0.7, 1.1), rng.uniform(0.7, 1.2)]), 0, 1)
         canvas.albedo.rectangle((x - half_w, y - height, x + half_w, y), fill=_rgb(body))
         canvas.ground.rectangle((x - half_w, y - height, x + half_w, y), fill=0)
-        canvas.albedo.rectangle((x - half_w * 0.8, y - height * 0.95, x + half_w * 0.8, y - height * 0.55), fill=(25, 28, 32))
+        canvas.albedo.rectangle(
+            (x - half_w * 0.8, y - height * 0.95, x + half_w * 0.8, y - height * 0.55), fill=(25, 28, 32)
+        )
         if not lights_on:
             continue
         colour = np.array([1.0, 0.95, 0.8]) * 3.0 if lateral < 0 else np.array([1.0, 0.06, 0.04]) * 1.6
@@ -327,7 +335,9 @@ def _draw_sky_lights(rng, lay: _Layout, canvas: _Canvas, cond: _Conditions, time
         canvas.light(rng.uniform(0, w), hy * rng.uniform(0.72, 0.98), 16 * s, np.array([1.0, 0.55, 0.2]) * 3.0)
     elif timeofday == "night":
         if rng.random() < 0.35:
-            canvas.light(rng.uniform(0, w), hy * rng.uniform(0.1, 0.6), 7 * s, np.full(3, 1.6 * (1 - 0.8 * cond.overcast)))
+            canvas.light(
+                rng.uniform(0, w), hy * rng.uniform(0.1, 0.6), 7 * s, np.full(3, 1.6 * (1 - 0.8 * cond.overcast))
+            )
         if cond.overcast < 0.35 and hy >= 2:
             n = int(rng.integers(10, 80) * s * s)
             stars = np.zeros((lay.height, lay.width), np.uint8)
@@ -383,18 +393,32 @@ def _palette(timeofday: str, cond: _Conditions) -> dict[str, np.ndarray | float]
     """Sky, cloud and ambient-light colours of one time of day, before brightness scaling."""
     warm, lights = cond.warmth, cond.lights
     if timeofday == "day":
-        return {"nominal": 0.9, "top": _colour(0.25, 0.48, 0.86),
-                "horizon": _colour(0.72, 0.82, 0.93) * (1 - warm) + _colour(0.95, 0.78, 0.6) * warm,
-                "grey": _colour(0.66, 0.67, 0.7), "cloud": _colour(0.92, 0.92, 0.94), "ambient": _colour(0.9, 0.9, 0.93)}
+        return {
+            "nominal": 0.9,
+            "top": _colour(0.25, 0.48, 0.86),
+            "horizon": _colour(0.72, 0.82, 0.93) * (1 - warm) + _colour(0.95, 0.78, 0.6) * warm,
+            "grey": _colour(0.66, 0.67, 0.7),
+            "cloud": _colour(0.92, 0.92, 0.94),
+            "ambient": _colour(0.9, 0.9, 0.93),
+        }
     if timeofday == "dusk":
-        return {"nominal": 0.4, "top": _colour(0.2, 0.2, 0.42),
-                "horizon": _colour(0.55, 0.58, 0.75) * (1 - warm) + _colour(1.0, 0.55, 0.28) * warm,
-                "grey": _colour(0.45, 0.4, 0.42), "cloud": _colour(0.95, 0.6, 0.5) * (0.4 + 0.6 * warm),
-                "ambient": _colour(0.9, 0.9, 0.93)}
+        return {
+            "nominal": 0.4,
+            "top": _colour(0.2, 0.2, 0.42),
+            "horizon": _colour(0.55, 0.58, 0.75) * (1 - warm) + _colour(1.0, 0.55, 0.28) * warm,
+            "grey": _colour(0.45, 0.4, 0.42),
+            "cloud": _colour(0.95, 0.6, 0.5) * (0.4 + 0.6 * warm),
+            "ambient": _colour(0.9, 0.9, 0.93),
+        }
     grey = _colour(0.06, 0.055, 0.06) + _colour(0.08, 0.05, 0.03) * lights
-    return {"nominal": 0.06, "top": _colour(0.008, 0.012, 0.035),
-            "horizon": _colour(0.045, 0.045, 0.08) + _colour(0.09, 0.06, 0.03) * lights,
-            "grey": grey, "cloud": grey * 1.3, "ambient": _colour(0.6, 0.66, 0.85)}
+    return {
+        "nominal": 0.06,
+        "top": _colour(0.008, 0.012, 0.035),
+        "horizon": _colour(0.045, 0.045, 0.08) + _colour(0.09, 0.06, 0.03) * lights,
+        "grey": grey,
+        "cloud": grey * 1.3,
+        "ambient": _colour(0.6, 0.66, 0.85),
+    }
 
 
 def _mixed_palette(timeofday: str, cond: _Conditions) -> dict[str, np.ndarray | float]:
@@ -474,7 +498,7 @@ def _snow_on_ground(rng, lay: _Layout, canvas: _Canvas, albedo: np.ndarray, cove
         return
     field = _smooth_noise(rng, lay.width, rows, int(rng.integers(10, 30)))
     oy, ox = rng.integers(0, 64, 2)
-    field += 0.12 * _noise_bank(lay.width, lay.height)[oy:oy + rows, ox:ox + lay.width]  # grainy edges
+    field += 0.12 * _noise_bank(lay.width, lay.height)[oy : oy + rows, ox : ox + lay.width]  # grainy edges
     amount = np.clip((field - (1.0 - cover)) * 6.0, 0.0, 1.0)
     ys, xs, _ = _grids(lay.width, lay.height)
     depth = (ys[top:] - lay.horizon) / max(lay.height - lay.horizon, 1.0)
@@ -495,11 +519,16 @@ def _precipitation(rng, lay: _Layout, weather: str, amount: float) -> np.ndarray
     if weather == "rain":  # each streak rasterised as points along it, all streaks at once
         data = np.zeros((h, w), np.uint8)
         angle = rng.normal(0, 0.18)
-        for count, length, thickness, lowest in ((int(1500 * amount * area), 14, 1, 60), (int(200 * amount * area), 38, 2, 90)):
+        for count, length, thickness, lowest in (
+            (int(1500 * amount * area), 14, 1, 60),
+            (int(200 * amount * area), 38, 2, 90),
+        ):
             x0, y0 = rng.uniform(-0.2 * w, 1.2 * w, count), rng.uniform(-0.1 * h, h, count)
             lengths = length * s * rng.uniform(0.6, 1.4, count)
             tilt = angle + rng.normal(0, 0.03, count)
-            values = np.broadcast_to(rng.integers(lowest, 256, count).astype(np.uint8), (max(2, math.ceil(1.4 * length * s) + 1), count))
+            values = np.broadcast_to(
+                rng.integers(lowest, 256, count).astype(np.uint8), (max(2, math.ceil(1.4 * length * s) + 1), count)
+            )
             t = np.linspace(0.0, 1.0, values.shape[0])[:, None]
             xs = np.rint(x0 + t * (np.sin(tilt) * lengths)).astype(int)
             ys = np.rint(y0 + t * (np.cos(tilt) * lengths)).astype(int)
@@ -517,8 +546,12 @@ def _precipitation(rng, lay: _Layout, weather: str, amount: float) -> np.ndarray
         layer = Image.fromarray(data)
         draw = ImageDraw.Draw(layer)
         near = int(140 * amount * area)
-        for x, y, r, v in zip(rng.uniform(0, w, near).tolist(), rng.uniform(0, h, near).tolist(),
-                              (rng.uniform(1.5, 5.5, near) * s).tolist(), rng.integers(140, 256, near).tolist()):
+        for x, y, r, v in zip(
+            rng.uniform(0, w, near).tolist(),
+            rng.uniform(0, h, near).tolist(),
+            (rng.uniform(1.5, 5.5, near) * s).tolist(),
+            rng.integers(140, 256, near).tolist(),
+        ):
             draw.ellipse((x - r, y - r, x + r, y + r), fill=v)
     return np.asarray(layer.filter(ImageFilter.BoxBlur(0.7 * s)), dtype=np.float32) * (1.0 / 255.0)
 
@@ -534,7 +567,9 @@ def _occluder(rng, lay: _Layout) -> np.ndarray:
         draw.chord((-0.2 * w, top, 1.2 * w, top + 0.6 * h), 180, 360, fill=255)  # reaches below the frame
     elif kind == 1:
         x0 = rng.uniform(0.1, 0.6) * w
-        draw.line([(x0, h), (x0 + rng.uniform(0.2, 0.5) * w, h * rng.uniform(0.2, 0.6))], fill=255, width=max(1, round(9 * s)))
+        draw.line(
+            [(x0, h), (x0 + rng.uniform(0.2, 0.5) * w, h * rng.uniform(0.2, 0.6))], fill=255, width=max(1, round(9 * s))
+        )
     else:
         x0 = rng.uniform(0, w)
         draw.rectangle((x0, 0, x0 + rng.uniform(12, 40) * s, h), fill=255)
@@ -566,7 +601,7 @@ def _camera(rng, img: np.ndarray, lay: _Layout, cond: _Conditions, difficulty: f
         _soften(img, rng.uniform(0.3, 1.0))
     sigma = 255.0 * (0.008 + 0.03 * (1.0 - min(cond.level, 1.0)) + 0.01 * difficulty)
     oy, ox = rng.integers(0, 64, 2)
-    img += sigma * _noise_bank(lay.width, lay.height)[oy:oy + lay.height, ox:ox + lay.width] + 0.5
+    img += sigma * _noise_bank(lay.width, lay.height)[oy : oy + lay.height, ox : ox + lay.width] + 0.5
     np.clip(img, 0.0, 255.0, out=img)
     return Image.merge("RGB", [Image.fromarray(plane) for plane in img.astype(np.uint8)])
 
@@ -663,7 +698,9 @@ def _normalised(frequencies: Mapping[str, Mapping[str, float]]) -> dict[str, tup
         unknown = set(table) - set(HEADS[head])
         probs = np.array([float(p) for p in table.values()])
         if unknown or len(table) == 0 or (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(f"frequencies[{head!r}] must map classes of {HEADS[head]} to non-negative weights, got {dict(table)}")
+            raise ValueError(
+                f"frequencies[{head!r}] must map classes of {HEADS[head]} to non-negative weights, got {dict(table)}"
+            )
         out[head] = (tuple(table), probs / probs.sum())
     return out
 
@@ -749,8 +786,10 @@ def generate(
     manifest_path, truth_path, tasks_path = out_dir / "manifest.csv", out_dir / "truth.csv", out_dir / "tasks.json"
     _write_csv(manifest_path, names, noisy)
     _write_csv(truth_path, names, truth)
-    tasks = [{"data": {"image": "/data/local-files/?d=" + urllib.parse.quote((relative_dir / name).as_posix())}}
-             for name in names]
+    tasks = [
+        {"data": {"image": "/data/local-files/?d=" + urllib.parse.quote((relative_dir / name).as_posix())}}
+        for name in names
+    ]
     tasks_path.write_text(json.dumps(tasks, indent=1) + "\n")
     changed = sum(t[h] != z[h] for t, z in zip(truth, noisy) for h in HEADS)
     return SynthResult(out_dir, manifest_path, truth_path, tasks_path, n, changed)

@@ -30,9 +30,10 @@ import queue as queue_module
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,37 +78,54 @@ class SimulationData:
     has_truth: bool
 
     @classmethod
-    def from_examples(cls, data: ExampleSet, truth: dict[str, tuple[int, ...]] | None,
-                      pool_size: int | None = None, test_size: int | None = None) -> "SimulationData":
+    def from_examples(
+        cls,
+        data: ExampleSet,
+        truth: dict[str, tuple[int, ...]] | None,
+        pool_size: int | None = None,
+        test_size: int | None = None,
+    ) -> SimulationData:
         """Split labeled ``data`` at random (fixed seed) into a test set and a pool."""
         examples = [e for e in data.examples if e.is_labeled]
         if truth is not None:
             missing = [e.key for e in examples if e.key not in truth]
             if missing:
-                raise ValueError(f"the truth file has no row for {len(missing)} image(s), e.g. {missing[:3]}; regenerate it with the manifest")
+                raise ValueError(
+                    f"the truth file has no row for {len(missing)} image(s), e.g. {missing[:3]}; regenerate it with the manifest"
+                )
         n = len(examples)
         if test_size is None:
             test_size = min(default_test_size(pool_size), n - pool_size) if pool_size else min(2000, n // 5)
         pool_size = pool_size or n - test_size
         if test_size < 1 or pool_size < 1 or pool_size + test_size > n:
-            raise ValueError(f"need a pool of {pool_size} and a test set of {test_size} images but only {n} labeled images "
-                             f"are usable; generate more (weather-al synth) or lower --pool")
+            raise ValueError(
+                f"need a pool of {pool_size} and a test set of {test_size} images but only {n} labeled images "
+                f"are usable; generate more (weather-al synth) or lower --pool"
+            )
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
-        test_idx, pool_idx = order[:test_size], order[test_size:test_size + pool_size]
+        test_idx, pool_idx = order[:test_size], order[test_size : test_size + pool_size]
         truth_of = (lambda e: truth[e.key]) if truth is not None else (lambda e: e.labels)
         pool = [examples[i] for i in pool_idx]
         test = [replace(examples[i], labels=tuple(truth_of(examples[i]))) for i in test_idx]
         heads = len(data.schema.heads)
         return cls(
-            schema=data.schema, pool=pool,
+            schema=data.schema,
+            pool=pool,
             pool_labels=np.array([e.labels for e in pool], dtype=np.int64).reshape(-1, heads),
             pool_truth=np.array([truth_of(e) for e in pool], dtype=np.int64).reshape(-1, heads),
-            test=test, has_truth=truth is not None,
+            test=test,
+            has_truth=truth is not None,
         )
 
     @classmethod
-    def from_manifest(cls, manifest: str | Path, schema: LabelSchema | None = None, truth_path: str | Path | None = None,
-                      pool_size: int | None = None, test_size: int | None = None) -> "SimulationData":
+    def from_manifest(
+        cls,
+        manifest: str | Path,
+        schema: LabelSchema | None = None,
+        truth_path: str | Path | None = None,
+        pool_size: int | None = None,
+        test_size: int | None = None,
+    ) -> SimulationData:
         """Read ``manifest`` and, by default, ``truth.csv`` beside it when present."""
         manifest = Path(manifest)
         schema = schema or LabelSchema.from_file()
@@ -123,12 +141,40 @@ class SimulationData:
 def result_columns(schema: LabelSchema) -> list[str]:
     heads = schema.head_names
     return [
-        "strategy", "seed", "cycle", "labels", "train_labels", "calibration_labels", "audit_labels", "labels_by_people",
-        "pool_remaining", "manual", "audit", "automatic", "auto_share", "precision_labels", "precision_truth",
-        "threshold", "lower_bound", "calibration_precision", "more_labels_needed", "expected_accuracy_automatic",
-        *[f"f1_{h}" for h in heads], "macro_f1", *[f"accuracy_{h}" for h in heads], "accuracy", "exact_match",
-        "auroc_loss", "auroc_msp", "spearman_loss", "spearman_msp",
-        "time_train", "time_score", "time_evaluate", "time_select", "time_certify",
+        "strategy",
+        "seed",
+        "cycle",
+        "labels",
+        "train_labels",
+        "calibration_labels",
+        "audit_labels",
+        "labels_by_people",
+        "pool_remaining",
+        "manual",
+        "audit",
+        "automatic",
+        "auto_share",
+        "precision_labels",
+        "precision_truth",
+        "threshold",
+        "lower_bound",
+        "calibration_precision",
+        "more_labels_needed",
+        "expected_accuracy_automatic",
+        *[f"f1_{h}" for h in heads],
+        "macro_f1",
+        *[f"accuracy_{h}" for h in heads],
+        "accuracy",
+        "exact_match",
+        "auroc_loss",
+        "auroc_msp",
+        "spearman_loss",
+        "spearman_msp",
+        "time_train",
+        "time_score",
+        "time_evaluate",
+        "time_select",
+        "time_certify",
     ]
 
 
@@ -186,27 +232,53 @@ def simulate(
         raise ValueError(f"calibration_labels must be one of {CALIBRATION_SOURCES}, got {calibration_labels!r}")
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    sim = data if isinstance(data, SimulationData) else SimulationData.from_manifest(data, pool_size=pool_size, test_size=test_size)
+    sim = (
+        data
+        if isinstance(data, SimulationData)
+        else SimulationData.from_manifest(data, pool_size=pool_size, test_size=test_size)
+    )
     if calibration_labels == "truth" and not sim.has_truth:
-        raise ValueError("calibration_labels='truth' needs a truth file (truth.csv beside the manifest, as model.sim.scenes writes)")
+        raise ValueError(
+            "calibration_labels='truth' needs a truth file (truth.csv beside the manifest, as model.sim.scenes writes)"
+        )
     if seed_size > len(sim.pool):
         raise ValueError(f"the seed set ({seed_size}) is larger than the pool ({len(sim.pool)})")
     config = train_config or TrainConfig()
-    loop = LoopSettings(seed_size=seed_size, k=k, cycles=cycles, audit_size=audit_size, train_config=config,
-                        holdout_fraction=holdout_fraction, target=target, delta=delta,
-                        calibration_labels=calibration_labels, batch_size=batch_size)
+    loop = LoopSettings(
+        seed_size=seed_size,
+        k=k,
+        cycles=cycles,
+        audit_size=audit_size,
+        train_config=config,
+        holdout_fraction=holdout_fraction,
+        target=target,
+        delta=delta,
+        calibration_labels=calibration_labels,
+        batch_size=batch_size,
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "pool": len(sim.pool), "test": len(sim.test), **{f.name: getattr(loop, f.name) for f in fields(loop)},
-        "train_config": config.to_dict(), "strategies": list(strategies), "seeds": list(seeds), "has_truth": sim.has_truth, "jobs": jobs,
+        "pool": len(sim.pool),
+        "test": len(sim.test),
+        **{f.name: getattr(loop, f.name) for f in fields(loop)},
+        "train_config": config.to_dict(),
+        "strategies": list(strategies),
+        "seeds": list(seeds),
+        "has_truth": sim.has_truth,
+        "jobs": jobs,
     }
     columns = result_columns(sim.schema)
     results_path = out_dir / RESULTS_FILE
-    runs = [(strategy, seed) for seed in seeds for strategy in strategies]  # seeds outermost: a run cut short still compares every strategy
+    runs = [
+        (strategy, seed) for seed in seeds for strategy in strategies
+    ]  # seeds outermost: a run cut short still compares every strategy
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(runs) * (cycles + 1), desc="simulate", unit="cycle", disable=not progress)
-    with results_path.open("w", newline="", encoding="utf-8") as fh, tempfile.TemporaryDirectory(dir=out_dir, prefix=".decoded-") as tmp:
+    with (
+        results_path.open("w", newline="", encoding="utf-8") as fh,
+        tempfile.TemporaryDirectory(dir=out_dir, prefix=".decoded-") as tmp,
+    ):
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
 
@@ -219,10 +291,19 @@ def simulate(
 
         workers = default_workers() if config.workers is None else config.workers
         n_images = len(sim.pool) + len(sim.test)
-        logger.info("decoding the %d pool and test images once into %s (%.0f MB, removed at the end)",
-                    n_images, tmp, n_images * 3 * config.image_size ** 2 / 1e6)
-        decoded = DecodedImages.decode(sim.pool + sim.test, config.image_size, Path(tmp) / "pixels.npy",
-                                       workers=max(workers, min(jobs, os.cpu_count() or 1) - 1), progress=progress)
+        logger.info(
+            "decoding the %d pool and test images once into %s (%.0f MB, removed at the end)",
+            n_images,
+            tmp,
+            n_images * 3 * config.image_size**2 / 1e6,
+        )
+        decoded = DecodedImages.decode(
+            sim.pool + sim.test,
+            config.image_size,
+            Path(tmp) / "pixels.npy",
+            workers=max(workers, min(jobs, os.cpu_count() or 1) - 1),
+            progress=progress,
+        )
         if jobs == 1:
             traces = [_run(sim, strategy, seed, loop, decoded, record) for strategy, seed in runs]
         else:
@@ -238,8 +319,14 @@ def simulate(
     return result
 
 
-def _run(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages,
-         emit: Callable[[dict[str, Any]], None]) -> RunTrace:
+def _run(
+    sim: SimulationData,
+    strategy: str,
+    seed: int,
+    loop: LoopSettings,
+    decoded: DecodedImages,
+    emit: Callable[[dict[str, Any]], None],
+) -> RunTrace:
     """One (strategy, seed) run: ``emit`` gets each cycle's row as soon as it is known."""
     run = _Run(sim, strategy, seed, loop, decoded)
     for cycle in range(loop.cycles + 1):
@@ -258,12 +345,20 @@ def _start_worker(queue: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages) -> RunTrace:
+def _run_in_worker(
+    sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages
+) -> RunTrace:
     return _run(sim, strategy, seed, loop, decoded, _rows_queue.put)
 
 
-def _run_in_parallel(sim: SimulationData, runs: list[tuple[str, int]], loop: LoopSettings, decoded: DecodedImages,
-                     jobs: int, record: Callable[[dict[str, Any]], None]) -> list[RunTrace]:
+def _run_in_parallel(
+    sim: SimulationData,
+    runs: list[tuple[str, int]],
+    loop: LoopSettings,
+    decoded: DecodedImages,
+    jobs: int,
+    record: Callable[[dict[str, Any]], None],
+) -> list[RunTrace]:
     """Runs in ``jobs`` spawned processes (CUDA cannot be forked); rows are recorded as they arrive.
 
     A run that fails stops the others at once and its error is raised here.
@@ -310,9 +405,13 @@ def _csv_value(value: Any) -> Any:
 class _Run:
     """The state of one (strategy, seed) run: which pool images are labeled, and for what."""
 
-    def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages) -> None:
+    def __init__(
+        self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages
+    ) -> None:
         self.sim, self.strategy, self.seed, self.loop, self.decoded = sim, strategy, seed, loop, decoded
-        seed_ids = np.random.default_rng(seed).choice(len(sim.pool), size=loop.seed_size, replace=False)  # same for every strategy
+        seed_ids = np.random.default_rng(seed).choice(
+            len(sim.pool), size=loop.seed_size, replace=False
+        )  # same for every strategy
         held = np.array([is_calibration_holdout(sim.pool[i].key, loop.holdout_fraction) for i in seed_ids], dtype=bool)
         self.train_ids: list[int] = [int(i) for i in seed_ids[~held]]
         self.holdout_ids: list[int] = [int(i) for i in seed_ids[held]]
@@ -328,17 +427,29 @@ class _Run:
     def cycle(self, cycle: int) -> dict[str, Any]:
         sim, loop, config, decoded = self.sim, self.loop, self.loop.train_config, self.decoded
         if len(self.train_ids) < 2:
-            raise ValueError(f"only {len(self.train_ids)} seed labels are left for training after the calibration holdout; "
-                             f"raise the seed set size")
+            raise ValueError(
+                f"only {len(self.train_ids)} seed labels are left for training after the calibration holdout; "
+                f"raise the seed set size"
+            )
         row: dict[str, Any] = {
-            "strategy": self.strategy, "seed": self.seed, "cycle": cycle, "labels": self.n_seed + self.n_manual,
-            "train_labels": len(self.train_ids), "calibration_labels": len(self.holdout_ids) + len(self.audit_ids),
-            "audit_labels": len(self.audit_ids), "labels_by_people": self.n_seed + self.n_manual + len(self.audit_ids),
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "cycle": cycle,
+            "labels": self.n_seed + self.n_manual,
+            "train_labels": len(self.train_ids),
+            "calibration_labels": len(self.holdout_ids) + len(self.audit_ids),
+            "audit_labels": len(self.audit_ids),
+            "labels_by_people": self.n_seed + self.n_manual + len(self.audit_ids),
         }
         t0 = time.perf_counter()
         run_config = replace(config, seed=config.seed + 1000 * self.seed + cycle)
-        model = train(ExampleSet(sim.schema, [sim.pool[i] for i in self.train_ids]), run_config, progress=False,
-                      version=f"{self.strategy}-seed{self.seed}-cycle{cycle}", decoded=decoded).model
+        model = train(
+            ExampleSet(sim.schema, [sim.pool[i] for i in self.train_ids]),
+            run_config,
+            progress=False,
+            version=f"{self.strategy}-seed{self.seed}-cycle{cycle}",
+            decoded=decoded,
+        ).model
         row["time_train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -361,25 +472,48 @@ class _Run:
         labeled[self.train_ids + self.holdout_ids + self.audit_ids] = True
         unlabeled = np.flatnonzero(~labeled & np.isfinite(loss))
         view = PoolView(loss[unlabeled], {h: p[unlabeled] for h, p in probs.items()}, embeddings[unlabeled])
-        plan = plan_cycle(view, loss[calib], correct_calib[calib], k=loop.k, audit_size=loop.audit_size, strategy=self.strategy,
-                          target=loop.target, delta=loop.delta, rng=self.rng)
+        plan = plan_cycle(
+            view,
+            loss[calib],
+            correct_calib[calib],
+            k=loop.k,
+            audit_size=loop.audit_size,
+            strategy=self.strategy,
+            target=loop.target,
+            delta=loop.delta,
+            rng=self.rng,
+        )
         manual, audit, auto = unlabeled[plan.manual], unlabeled[plan.audit], unlabeled[plan.automatic]
         remaining = len(unlabeled) - len(manual) - len(audit)
         cert = plan.certificate
         est = plan.estimates.get("automatic")
-        row.update({
-            "pool_remaining": remaining, "manual": len(manual), "audit": len(audit), "automatic": len(auto),
-            "auto_share": len(auto) / remaining if remaining else float("nan"),
-            "precision_labels": float(correct_labels[auto].mean()) if len(auto) else float("nan"),
-            "precision_truth": float(correct_truth[auto].mean()) if len(auto) and sim.has_truth else float("nan"),
-            "threshold": cert.threshold, "lower_bound": cert.lower_bound, "calibration_precision": cert.precision,
-            "more_labels_needed": cert.more_labels_needed,
-            "expected_accuracy_automatic": est.expected_accuracy if est is not None else None,
-            "time_select": plan.timings["select"], "time_certify": plan.timings["certify"],
-        })
+        row.update(
+            {
+                "pool_remaining": remaining,
+                "manual": len(manual),
+                "audit": len(audit),
+                "automatic": len(auto),
+                "auto_share": len(auto) / remaining if remaining else float("nan"),
+                "precision_labels": float(correct_labels[auto].mean()) if len(auto) else float("nan"),
+                "precision_truth": float(correct_truth[auto].mean()) if len(auto) and sim.has_truth else float("nan"),
+                "threshold": cert.threshold,
+                "lower_bound": cert.lower_bound,
+                "calibration_precision": cert.precision,
+                "more_labels_needed": cert.more_labels_needed,
+                "expected_accuracy_automatic": est.expected_accuracy if est is not None else None,
+                "time_select": plan.timings["select"],
+                "time_certify": plan.timings["certify"],
+            }
+        )
         self.pending = (manual, audit, (unlabeled[plan.audit_candidates], loop.audit_size))
-        self.last = {"loss": loss, "correct_calibration": correct_calib, "correct_labels": correct_labels, "correct_truth": correct_truth,
-                     "test_loss": test_scored.predicted_loss, "test_true_loss": test_scored.true_loss()}
+        self.last = {
+            "loss": loss,
+            "correct_calibration": correct_calib,
+            "correct_labels": correct_labels,
+            "correct_truth": correct_truth,
+            "test_loss": test_scored.predicted_loss,
+            "test_true_loss": test_scored.true_loss(),
+        }
         return row
 
     def reveal(self) -> None:
@@ -394,15 +528,24 @@ class _Run:
         """The last model's view: labels as that model's plan saw them (its own picks are not revealed)."""
         last = self.last
         return RunTrace(
-            strategy=self.strategy, seed=self.seed, pool_loss=last["loss"], correct_calibration=last["correct_calibration"],
-            correct_labels=last["correct_labels"], correct_truth=last["correct_truth"],
-            train_ids=np.array(self.train_ids, dtype=np.int64), holdout_ids=np.array(self.holdout_ids, dtype=np.int64),
-            audit_ids=np.array(self.audit_ids, dtype=np.int64), audit_draws=list(self.audit_draws),
-            test_predicted_loss=last["test_loss"], test_true_loss=last["test_true_loss"],
+            strategy=self.strategy,
+            seed=self.seed,
+            pool_loss=last["loss"],
+            correct_calibration=last["correct_calibration"],
+            correct_labels=last["correct_labels"],
+            correct_truth=last["correct_truth"],
+            train_ids=np.array(self.train_ids, dtype=np.int64),
+            holdout_ids=np.array(self.holdout_ids, dtype=np.int64),
+            audit_ids=np.array(self.audit_ids, dtype=np.int64),
+            audit_draws=list(self.audit_draws),
+            test_predicted_loss=last["test_loss"],
+            test_true_loss=last["test_true_loss"],
         )
 
 
-def _in_pool_order(scored: ScoreResult, pool: list[Example]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def _in_pool_order(
+    scored: ScoreResult, pool: list[Example]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Predicted loss, predicted class per head, probabilities and embeddings, row-aligned with ``pool``.
 
     An unreadable image (absent from ``scored``) gets NaN loss, class -1, uniform probabilities and a
@@ -432,5 +575,12 @@ def _test_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     out["macro_f1"] = mean_macro_f1(metrics)
     out["accuracy"] = float(np.mean([m["accuracy"] for m in heads.values()]))
     out["exact_match"] = 1.0 - lm["error_rate"]
-    out.update({"auroc_loss": lm["auroc"], "auroc_msp": lm["msp_auroc"], "spearman_loss": lm["spearman"], "spearman_msp": lm["msp_spearman"]})
+    out.update(
+        {
+            "auroc_loss": lm["auroc"],
+            "auroc_msp": lm["msp_auroc"],
+            "spearman_loss": lm["spearman"],
+            "spearman_msp": lm["msp_spearman"],
+        }
+    )
     return out

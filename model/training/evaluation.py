@@ -33,7 +33,10 @@ def evaluate(result: ScoreResult) -> dict[str, Any]:
                 c: {"precision": float(prec[k]), "recall": float(rec[k]), "support": int(support[k])}
                 for k, c in enumerate(head.classes)
             },
-            "confusion_matrix": {"classes": list(head.classes), "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()},
+            "confusion_matrix": {
+                "classes": list(head.classes),
+                "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+            },
         }
     return {"n": len(result), "heads": heads, "loss_module": loss_module_metrics(result)}
 
@@ -52,7 +55,9 @@ def loss_module_metrics(result: ScoreResult) -> dict[str, Any]:
     true_loss = result.true_loss()
     out: dict[str, Any] = {"n": len(result), "error_rate": float(wrong.mean()) if len(result) else float("nan")}
     out["spearman"] = float(spearmanr(result.predicted_loss, true_loss).statistic) if len(result) > 2 else float("nan")
-    out["msp_spearman"] = float(spearmanr(-msp_confidence(result), true_loss).statistic) if len(result) > 2 else float("nan")
+    out["msp_spearman"] = (
+        float(spearmanr(-msp_confidence(result), true_loss).statistic) if len(result) > 2 else float("nan")
+    )
     both = 0 < wrong.sum() < len(wrong)
     out["auroc"] = float(roc_auc_score(wrong, result.predicted_loss)) if both else float("nan")
     out["msp_auroc"] = float(roc_auc_score(wrong, -msp_confidence(result))) if both else float("nan")

@@ -62,11 +62,16 @@ class ScoreResult:
         pred = np.stack([self.probs[h].argmax(axis=1) for h in self.schema.head_names], axis=1)
         return (pred == self.targets).all(axis=1)
 
-    def subset(self, idx: np.ndarray) -> "ScoreResult":
+    def subset(self, idx: np.ndarray) -> ScoreResult:
         idx = np.asarray(idx, dtype=np.int64)
         return ScoreResult(
-            self.schema, [self.keys[i] for i in idx], {h: p[idx] for h, p in self.probs.items()},
-            self.predicted_loss[idx], self.embeddings[idx], self.targets[idx], [],
+            self.schema,
+            [self.keys[i] for i in idx],
+            {h: p[idx] for h, p in self.probs.items()},
+            self.predicted_loss[idx],
+            self.embeddings[idx],
+            self.targets[idx],
+            [],
         )
 
 
@@ -101,13 +106,19 @@ def inference_loader(
     if len(examples) <= 2 * batch_size:
         workers = 0  # starting worker processes costs more than decoding a couple of batches
     return DataLoader(
-        ImageDataset(examples, eval_transform(mean, std), image_size, decoded), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate, persistent_workers=persistent and workers > 0,
+        ImageDataset(examples, eval_transform(mean, std), image_size, decoded),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers else None,
     )
 
 
-def run_inference(model: MultiHeadNet, loader: DataLoader, progress: bool = False, desc: str = "scoring") -> ScoreResult:
+def run_inference(
+    model: MultiHeadNet, loader: DataLoader, progress: bool = False, desc: str = "scoring"
+) -> ScoreResult:
     """Score the examples of ``loader`` (an :func:`inference_loader`) with ``model`` in eval mode.
 
     Unreadable images go to ``failures``. A persistent loader can be passed again and again.
@@ -159,7 +170,10 @@ def score_rows(result: ScoreResult) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"image": key}
         for h in result.schema.heads:
             p = result.probs[h.name][i]
-            row[h.name] = {"label": h.classes[int(p.argmax())], "probs": {c: round(float(v), 6) for c, v in zip(h.classes, p)}}
+            row[h.name] = {
+                "label": h.classes[int(p.argmax())],
+                "probs": {c: round(float(v), 6) for c, v in zip(h.classes, p)},
+            }
         row["predicted_loss"] = float(result.predicted_loss[i])
         rows.append(row)
     return rows

@@ -82,7 +82,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -93,7 +93,7 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a JSON configuration, e.g. the best one written by ``weather-al tune``."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls.from_dict(data.get("config", data))
@@ -188,8 +188,13 @@ def build_network(data: ExampleSet, config: TrainConfig) -> MultiHeadNet:
     return MultiHeadNet(build_backbone(config.backbone, weights=config.weights), data.schema)
 
 
-def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = True, version: str | None = None,
-          decoded: DecodedImages | None = None) -> TrainResult:
+def train(
+    data: ExampleSet,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    version: str | None = None,
+    decoded: DecodedImages | None = None,
+) -> TrainResult:
     """Train on the labeled examples of ``data``; returns the best model on the validation split.
 
     ``decoded``: images already decoded at ``config.image_size`` (model.data.decoded), taken from there.
@@ -206,32 +211,52 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
     kept = tr_idx[undersample(labels[tr_idx], n_classes, config.max_ratio, np.random.default_rng(config.seed))]
     train_set, val_set = labeled.subset(kept), labeled.subset(va_idx)
     train_labels = labels[kept]
-    class_weights = {h.name: median_frequency_weights(train_labels[:, j], n_classes[j]) for j, h in enumerate(schema.heads)}
+    class_weights = {
+        h.name: median_frequency_weights(train_labels[:, j], n_classes[j]) for j, h in enumerate(schema.heads)
+    }
 
     device = resolve_device(config.device)
     net = build_network(data, config).to(device)
-    stages = config.trainable_stages if config.trainable_stages is not None else trainable_stages_for(len(labeled.examples), config.unfreeze_at)
+    stages = (
+        config.trainable_stages
+        if config.trainable_stages is not None
+        else trainable_stages_for(len(labeled.examples), config.unfreeze_at)
+    )
     net.set_trainable_stages(stages)
     logger.info(
         "training on %d images (%d after undersampling to max_ratio %.0f), validating on %d; %d backbone stage(s) trainable",
-        len(tr_idx), len(kept), config.max_ratio, len(va_idx), stages,
+        len(tr_idx),
+        len(kept),
+        config.max_ratio,
+        len(va_idx),
+        stages,
     )
     weights_t = {h: torch.tensor(w, dtype=torch.float32, device=device) for h, w in class_weights.items()}
     mean, std = net.backbone.mean, net.backbone.std
     workers = default_workers() if config.workers is None else config.workers
     loader = DataLoader(
         ImageDataset(train_set.examples, train_transform(config.image_size, mean, std), config.image_size, decoded),
-        batch_size=config.batch_size, shuffle=True, num_workers=workers, collate_fn=collate, drop_last=len(kept) > config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed), persistent_workers=workers > 0,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=len(kept) > config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+        persistent_workers=workers > 0,
     )
-    val_loader = inference_loader(val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded, persistent=True)
+    val_loader = inference_loader(
+        val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded, persistent=True
+    )
     optimizer = _optimizer(net, config)
     # Small labeled sets make one-batch epochs: give the new layers at least ``min_steps`` updates
     epochs = max(config.epochs, math.ceil(config.min_steps / max(1, len(loader))))
     patience = max(config.patience, epochs // 4)
     total_steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps, pct_start=0.15,
+        optimizer,
+        max_lr=[g["lr"] for g in optimizer.param_groups],
+        total_steps=total_steps,
+        pct_start=0.15,
     )
     history: list[dict[str, Any]] = []
     best_state = None
@@ -241,7 +266,10 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
     bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
         detach = epoch >= detach_epoch
-        record = {"epoch": epoch + 1, **train_one_epoch(net, loader, optimizer, scheduler, weights_t, config, detach, skipped)}
+        record = {
+            "epoch": epoch + 1,
+            **train_one_epoch(net, loader, optimizer, scheduler, weights_t, config, detach, skipped),
+        }
         if len(val_set.examples):
             record["val_macro_f1"] = validate(net, val_loader)
             score = record["val_macro_f1"]
@@ -256,13 +284,19 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
             logger.info("early stopping after epoch %d (best epoch %d)", epoch + 1, stopper.best_epoch + 1)
             break
     if skipped:
-        logger.warning("training skipped %d unreadable image(s): %s", len(skipped), "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]))
+        logger.warning(
+            "training skipped %d unreadable image(s): %s",
+            len(skipped),
+            "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]),
+        )
     net.load_state_dict(best_state)
     net.eval()
     val_result = run_inference(net, val_loader) if len(val_set.examples) else None
     metrics = evaluate(val_result) if val_result is not None else {}
     metrics["best_epoch"] = stopper.best_epoch + 1
-    metrics["skipped_images"] = len(skipped) + len(data.problems) + (len(val_result.failures) if val_result is not None else 0)
+    metrics["skipped_images"] = (
+        len(skipped) + len(data.problems) + (len(val_result.failures) if val_result is not None else 0)
+    )
     meta = {
         "version": version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
         "created_at": datetime.now(timezone.utc).isoformat(),
@@ -280,14 +314,23 @@ def train(data: ExampleSet, config: TrainConfig | None = None, progress: bool = 
     }
     model = TrainedModel(net=net, meta=meta, metrics=metrics)
     return TrainResult(
-        model=model, history=history,
-        train_keys=[e.key for e in train_set.examples], val_keys=[e.key for e in val_set.examples],
+        model=model,
+        history=history,
+        train_keys=[e.key for e in train_set.examples],
+        val_keys=[e.key for e in val_set.examples],
     )
 
 
-def train_one_epoch(net: MultiHeadNet, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, class_weights: dict[str, torch.Tensor],
-                    config: TrainConfig, detach: bool, skipped: dict[str, str]) -> dict[str, Any]:
+def train_one_epoch(
+    net: MultiHeadNet,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    class_weights: dict[str, torch.Tensor],
+    config: TrainConfig,
+    detach: bool,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
     """One pass over ``loader`` (as torchvision's reference script splits its loop); returns the epoch's record.
 
     The loss is the paper's: weighted cross-entropy of the heads plus ``loss_weight`` times the pairwise
@@ -319,8 +362,13 @@ def train_one_epoch(net: MultiHeadNet, loader: DataLoader, optimizer: torch.opti
         sums["rank"] += rank_loss.item() * b
         sums["n"] += b
     n = max(sums["n"], 1)
-    return {"loss": sums["loss"] / n, "cls_loss": sums["cls"] / n, "rank_loss": sums["rank"] / n,
-            "features_detached": detach, "images_per_s": sums["n"] / (time.perf_counter() - t0)}
+    return {
+        "loss": sums["loss"] / n,
+        "cls_loss": sums["cls"] / n,
+        "rank_loss": sums["rank"] / n,
+        "features_detached": detach,
+        "images_per_s": sums["n"] / (time.perf_counter() - t0),
+    }
 
 
 def validate(net: MultiHeadNet, val_loader: DataLoader) -> float:
@@ -338,7 +386,9 @@ def _optimizer(net: MultiHeadNet, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def overfit_one_batch(data: ExampleSet, config: TrainConfig | None = None, steps: int = 150, progress: bool = True) -> dict[str, Any]:
+def overfit_one_batch(
+    data: ExampleSet, config: TrainConfig | None = None, steps: int = 150, progress: bool = True
+) -> dict[str, Any]:
     """The recipe's capacity check: a single batch, no augmentation, every stage trainable.
 
     A network that cannot drive its training accuracy to ~100% on one batch has a bug or too little
@@ -353,7 +403,9 @@ def overfit_one_batch(data: ExampleSet, config: TrainConfig | None = None, steps
     net.set_trainable_stages(4)
     net.dropout.p = 0.0
     mean, std = net.backbone.mean, net.backbone.std
-    batch = collate([ImageDataset(labeled, eval_transform(mean, std), config.image_size)[i] for i in range(len(labeled))])
+    batch = collate(
+        [ImageDataset(labeled, eval_transform(mean, std), config.image_size)[i] for i in range(len(labeled))]
+    )
     if "image" not in batch:
         raise ValueError("none of the batch's images could be read")
     x, y = batch["image"], batch["labels"]
@@ -368,7 +420,9 @@ def overfit_one_batch(data: ExampleSet, config: TrainConfig | None = None, steps
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        accuracy = {h: float((out.logits[h].argmax(1) == y[:, j]).float().mean()) for j, h in enumerate(data.schema.head_names)}
+        accuracy = {
+            h: float((out.logits[h].argmax(1) == y[:, j]).float().mean()) for j, h in enumerate(data.schema.head_names)
+        }
         if min(accuracy.values()) == 1.0 and cls_loss.item() < 0.05:
             break
     return {"steps": step + 1, "batch_size": int(y.shape[0]), "cls_loss": float(cls_loss.item()), "accuracy": accuracy}

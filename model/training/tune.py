@@ -48,7 +48,7 @@ class SearchSpace:
     max_ratio: tuple[float, ...] = (3.0, 5.0, 10.0, 20.0)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
         unknown = sorted(set(d) - set(SEARCHED))
         if unknown:
             raise ValueError(f"unknown search setting(s) {unknown}; searchable: {list(SEARCHED)}")
@@ -61,7 +61,7 @@ class SearchSpace:
         return cls(**{k: tuple(v) for k, v in d.items()})
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "SearchSpace":
+    def from_file(cls, path: str | Path) -> SearchSpace:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def to_dict(self) -> dict[str, list]:
@@ -93,9 +93,16 @@ class Trial:
 
     def row(self) -> dict[str, Any]:
         c = self.config
-        return {"trial": self.number, **{k: getattr(c, k) for k in SEARCHED}, "val_macro_f1": self.score,
-                **{f"f1_{h}": v for h, v in self.heads.items()}, "loss_spearman": self.loss_spearman,
-                "best_epoch": self.best_epoch, "seconds": round(self.seconds, 1), "error": self.error}
+        return {
+            "trial": self.number,
+            **{k: getattr(c, k) for k in SEARCHED},
+            "val_macro_f1": self.score,
+            **{f"f1_{h}": v for h, v in self.heads.items()},
+            "loss_spearman": self.loss_spearman,
+            "best_epoch": self.best_epoch,
+            "seconds": round(self.seconds, 1),
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -111,8 +118,14 @@ class TuneResult:
         return max(done, key=lambda t: (t.score, -t.number))
 
 
-def tune(data: ExampleSet, trials: int, base: TrainConfig | None = None, space: SearchSpace | None = None,
-         seed: int = 0, progress: bool = True) -> TuneResult:
+def tune(
+    data: ExampleSet,
+    trials: int,
+    base: TrainConfig | None = None,
+    space: SearchSpace | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TuneResult:
     """Train ``trials`` configurations (trial 0: ``base``) on ``data`` and score each on the validation split."""
     if trials < 1:
         raise ValueError(f"need at least 1 trial, got {trials}")
@@ -154,8 +167,10 @@ def format_table(result: TuneResult) -> str:
         c = t.config
         score = f"{t.score:.3f}" if t.score is not None else "failed"
         rho = f"{t.loss_spearman:.3f}" if t.loss_spearman is not None and not math.isnan(t.loss_spearman) else "n/a"
-        lines.append(f"{'*' if t.number == best else ' '}{t.number:>5} {c.lr:>9.2e} {c.epochs:>6} {c.image_size:>5} "
-                     f"{c.loss_weight:>7.3f} {c.margin:>7.3f} {c.max_ratio:>9g} {score:>7} {rho:>8} {t.seconds:>6.0f}")
+        lines.append(
+            f"{'*' if t.number == best else ' '}{t.number:>5} {c.lr:>9.2e} {c.epochs:>6} {c.image_size:>5} "
+            f"{c.loss_weight:>7.3f} {c.margin:>7.3f} {c.max_ratio:>9g} {score:>7} {rho:>8} {t.seconds:>6.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -165,19 +180,37 @@ def write_outputs(result: TuneResult, out_dir: str | Path, space: SearchSpace) -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     best, baseline = result.best, result.trials[0]
-    paths = {"best_config": out_dir / "best_config.json", "trials_csv": out_dir / "trials.csv",
-             "trials_json": out_dir / "trials.json", "plot": out_dir / "trials.png"}
-    paths["best_config"].write_text(json.dumps({
-        "config": best.config.to_dict(), "trial": best.number, "val_macro_f1": best.score,
-        "baseline_val_macro_f1": baseline.score, "metric": "validation mean macro-F1 over heads",
-    }, indent=2), encoding="utf-8")
+    paths = {
+        "best_config": out_dir / "best_config.json",
+        "trials_csv": out_dir / "trials.csv",
+        "trials_json": out_dir / "trials.json",
+        "plot": out_dir / "trials.png",
+    }
+    paths["best_config"].write_text(
+        json.dumps(
+            {
+                "config": best.config.to_dict(),
+                "trial": best.number,
+                "val_macro_f1": best.score,
+                "baseline_val_macro_f1": baseline.score,
+                "metric": "validation mean macro-F1 over heads",
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     rows = [t.row() for t in result.trials]
     with paths["trials_csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-    paths["trials_json"].write_text(json.dumps({"space": space.to_dict(), "trials": [
-        {**t.row(), "config": t.config.to_dict()} for t in result.trials]}, indent=2), encoding="utf-8")
+    paths["trials_json"].write_text(
+        json.dumps(
+            {"space": space.to_dict(), "trials": [{**t.row(), "config": t.config.to_dict()} for t in result.trials]},
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     plot_trials(result, paths["plot"])
     return paths
 

@@ -68,8 +68,18 @@ SEED_SIZE = 40
 # START_TRAINING (Label Studio's button / min_annotations_to_start_training) trains here; a dead
 # worker's lock expires after LOCK_TTL s. One torch thread per process: the web process, the
 # work-horse and this test share two cores, and oversubscribed OpenMP threads spin for seconds.
-BACKEND_ENV = {"EPOCHS": "2", "IMAGE_SIZE": "64", "TRAIN_EVERY": "1000000", "MIN_LABELS": "10", "MANUAL_BATCH": "20",
-               "AUDIT_SIZE": "10", "AUTO_ACCEPT": "false", "LOCK_TTL": "20", "LOG_LEVEL": "INFO", "OMP_NUM_THREADS": "1"}
+BACKEND_ENV = {
+    "EPOCHS": "2",
+    "IMAGE_SIZE": "64",
+    "TRAIN_EVERY": "1000000",
+    "MIN_LABELS": "10",
+    "MANUAL_BATCH": "20",
+    "AUDIT_SIZE": "10",
+    "AUTO_ACCEPT": "false",
+    "LOCK_TTL": "20",
+    "LOG_LEVEL": "INFO",
+    "OMP_NUM_THREADS": "1",
+}
 TRAIN_CONFIG = {"min_steps": 3}
 RUN_TIMEOUT = 300  # one training run, generous for a loaded 2-core machine
 LOSS_TOLERANCE = 1e-3  # the worker and this test score the same weights in different batches
@@ -132,14 +142,25 @@ def loop(label_studio: LocalLabelStudio, tmp_path_factory: pytest.TempPathFactor
         project, answers = create_scene_project(ls, scenes, stack.document_root, title="weather-al e2e")
         connect(stack.label_studio.url, stack.label_studio.token, project, stack.backend_url)
         ml_backend = as_dict(ls.ml.list(project=project)[0])["id"]
-        yield Loop(stack=stack, ls=ls, project=project, ml_backend=ml_backend, answers=answers, schema=LabelSchema.from_file(),
-                   late_tasks=tasks[-N_LATE:], labels_by_path=labels_by_path, redis=redis.Redis.from_url(stack.redis_url), seed_ids=[],
-                   store=ModelStore(Path(stack.env["MODEL_DIR"])))
+        yield Loop(
+            stack=stack,
+            ls=ls,
+            project=project,
+            ml_backend=ml_backend,
+            answers=answers,
+            schema=LabelSchema.from_file(),
+            late_tasks=tasks[-N_LATE:],
+            labels_by_path=labels_by_path,
+            redis=redis.Redis.from_url(stack.redis_url),
+            seed_ids=[],
+            store=ModelStore(Path(stack.env["MODEL_DIR"])),
+        )
     finally:
         stack.stop()
 
 
 # helpers -----------------------------------------------------------------------------------------
+
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.5) -> Any:
     deadline = time.time() + timeout
@@ -190,8 +211,13 @@ def newest_version(loop: Loop) -> str:
 def webhooks_answered(loop: Loop) -> float:
     """How many /webhook requests the backend has answered, from its /metrics."""
     text = requests.get(f"{loop.stack.backend_url}/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "weather_al_requests"
-               for s in f.samples if s.name == "weather_al_requests_total" and s.labels.get("endpoint") == "/webhook")
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "weather_al_requests"
+        for s in f.samples
+        if s.name == "weather_al_requests_total" and s.labels.get("endpoint") == "/webhook"
+    )
 
 
 def predictions_of(task: dict[str, Any], version: str) -> list[dict[str, Any]]:
@@ -224,8 +250,13 @@ def own_scores(loop: Loop, version: str, tasks: list[dict[str, Any]]) -> tuple[d
 
 def spawn_worker(loop: Loop, log_name: str, **env: str) -> subprocess.Popen:
     with open(loop.stack.workdir / "logs" / log_name, "ab") as fh:
-        p = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env={**loop.stack.env, **env}, stdout=fh,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "worker"],
+            env={**loop.stack.env, **env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     loop.stack.processes.append(p)
     return p
 
@@ -254,6 +285,7 @@ def running_worker(loop: Loop) -> subprocess.Popen:
 
 
 # the loop ----------------------------------------------------------------------------------------
+
 
 def test_seed_set_under_uniform_sampling_then_first_model_prelabels_every_unlabeled_task(loop: Loop) -> None:
     project = loop.ls.projects.get(id=loop.project)
@@ -296,15 +328,17 @@ def test_retrieve_predictions_fills_later_tasks_and_a_broken_image_costs_only_it
     scenes = loop.image_path(loop.late_tasks[0]).parent
     (scenes / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG" * 50)
     broken_url = loop.late_tasks[0]["data"]["image"].rsplit("/", 1)[0] + "/broken.jpg"
-    created = loop.ls.projects.import_tasks(id=loop.project, request=[*loop.late_tasks, {"data": {"image": broken_url}}],
-                                            return_task_ids=True)
+    created = loop.ls.projects.import_tasks(
+        id=loop.project, request=[*loop.late_tasks, {"data": {"image": broken_url}}], return_task_ids=True
+    )
     ids = [int(i) for i in as_dict(created)["task_ids"]]
     good, broken = ids[:-1], ids[-1]
     for tid, task in zip(good, loop.late_tasks):
         loop.answers[tid] = loop.labels_by_path[str(loop.image_path(task))]
 
-    loop.ls.actions.create(id="retrieve_tasks_predictions", project=loop.project,
-                           selected_items={"all": False, "included": ids})
+    loop.ls.actions.create(
+        id="retrieve_tasks_predictions", project=loop.project, selected_items={"all": False, "included": ids}
+    )
 
     tasks = {t["id"]: t for t in loop.tasks() if t["id"] in ids}
     assert predictions_of(tasks[broken], version) == [] and not tasks[broken]["predictions"]
@@ -333,7 +367,9 @@ def test_ten_annotations_during_a_run_cause_exactly_one_more_run(loop: Loop) -> 
         annotator = SimulatedAnnotator(loop.ls, loop.answers, loop.schema)
         with ThreadPoolExecutor(len(ten)) as pool:
             list(pool.map(lambda tid: annotator.label([tid]), ten))
-        assert started_jobs(loop) == [running], "the run finished before the ten annotations arrived; the test proves nothing"
+        assert started_jobs(loop) == [running], (
+            "the run finished before the ten annotations arrived; the test proves nothing"
+        )
     finally:
         loop.ls.projects.update(id=loop.project, min_annotations_to_start_training=0)
 
@@ -366,7 +402,11 @@ def test_worker_killed_mid_training_keeps_the_current_model_serving(loop: Loop) 
         assert (loop.model_dir / loop.pid / v["version"] / "meta.json").is_file(), v
         assert v["current"] == (v["version"] == current), v
     unlabeled = [t for t in loop.tasks() if not t["annotations"] and predictions_of(t, current)][:3]
-    body = {"tasks": unlabeled, "project": f"{loop.project}.0", "label_config": loop.ls.projects.get(id=loop.project).label_config}
+    body = {
+        "tasks": unlabeled,
+        "project": f"{loop.project}.0",
+        "label_config": loop.ls.projects.get(id=loop.project).label_config,
+    }
     reply = requests.post(f"{loop.stack.backend_url}/predict", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     assert reply.json()["model_version"] == current
@@ -447,7 +487,11 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
     try:
         start_training(loop)
         job_id = wait_until(lambda: started_jobs(loop), RUN_TIMEOUT, "the run starting")[0]
-        wait_until(lambda: fetch_job(loop, job_id).get_status() == "scheduled", RUN_TIMEOUT, "the failed run being scheduled for a retry")
+        wait_until(
+            lambda: fetch_job(loop, job_id).get_status() == "scheduled",
+            RUN_TIMEOUT,
+            "the failed run being scheduled for a retry",
+        )
         text = log.read_text(errors="replace")
         assert proxy.down.is_set() and proxy.dropped >= 5
         waits = re.findall(r"could not import \d+ predictions \(.*?\); retrying in (\d+) s", text)
@@ -469,7 +513,9 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
         if loop.store.current_version(loop.pid) != current:  # promoted (it may lose to the current model)
             assert version == loop.store.current_version(loop.pid)
             unlabeled = [t for t in loop.tasks() if not t["annotations"]]
-            assert sum(1 for t in unlabeled if predictions_of(t, version)) == len(unlabeled) - 1  # all but the broken image
+            assert (
+                sum(1 for t in unlabeled if predictions_of(t, version)) == len(unlabeled) - 1
+            )  # all but the broken image
     finally:
         stop_worker(worker)
         proxy.close()
@@ -484,16 +530,31 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
     state = loop.store.state(loop.pid)
     earlier_audit = set(state.get("audit_task_ids", []))  # the worker's own audit samples stay out too
     people = [tid for tid, t in before.items() if t["annotations"]][:3]
-    open_tasks = [tid for tid, t in before.items() if not t["annotations"] and predictions_of(t, version) and tid not in earlier_audit]
+    open_tasks = [
+        tid
+        for tid, t in before.items()
+        if not t["annotations"] and predictions_of(t, version) and tid not in earlier_audit
+    ]
     audit, accepted = open_tasks[:2], open_tasks[2:8]
     loop.store.update_state(loop.pid, audit_task_ids=sorted(earlier_audit | set(audit)))
-    certificate = Certificate(threshold=0.3, lower_bound=0.96, precision=1.0, n_calibration=120, n_in_band=60,
-                              target=0.95, delta=0.05, more_labels_needed=None, message="test")
+    certificate = Certificate(
+        threshold=0.3,
+        lower_bound=0.96,
+        precision=1.0,
+        n_calibration=120,
+        n_in_band=60,
+        target=0.95,
+        delta=0.05,
+        more_labels_needed=None,
+        message="test",
+    )
     project = LabelStudioProject(loop.stack.label_studio.url, loop.stack.label_studio.token, loop.project)
     webhooks_before = webhooks_answered(loop)
     edited_ids: list[int] = []
     try:
-        outcome = accept_band(project, loop.store, loop.pid, version, people + audit + sorted(earlier_audit)[:2] + accepted, certificate)
+        outcome = accept_band(
+            project, loop.store, loop.pid, version, people + audit + sorted(earlier_audit)[:2] + accepted, certificate
+        )
         after = {t["id"]: t for t in loop.tasks()}
         changed = {tid for tid in after if len(after[tid]["annotations"]) != len(before[tid]["annotations"])}
         assert outcome["accepted"] == len(accepted) and changed == set(accepted)
@@ -501,7 +562,11 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
             (ann,) = after[tid]["annotations"]
             assert ann["parent_prediction"] == predictions_of(after[tid], version)[0]["id"]
         (record,) = [r for r in list_accepts(loop.store, loop.pid) if r["id"] == outcome["record"]]
-        assert record["task_ids"] == sorted(accepted) and record["version"] == version and record["certified_lower_bound"] == 0.96
+        assert (
+            record["task_ids"] == sorted(accepted)
+            and record["version"] == version
+            and record["certified_lower_bound"] == 0.96
+        )
         assert set(accepted) <= set(loop.store.state(loop.pid)["machine_task_ids"])
         # Label Studio's ANNOTATIONS_CREATED webhook for this conversion finds the tasks known: no second record
         wait_until(lambda: webhooks_answered(loop) > webhooks_before, 30, "Label Studio's ANNOTATIONS_CREATED webhook")
@@ -511,22 +576,37 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
         edited = accepted[0]
         (machine_label,) = after[edited]["annotations"]
         classes = LabelSchema.from_file().head("weather").classes
-        corrected = [dict(r, value={"choices": [next(c for c in classes if c not in r["value"]["choices"])]})
-                     if r["from_name"] == "weather" else r for r in machine_label["result"]]
+        corrected = [
+            dict(r, value={"choices": [next(c for c in classes if c not in r["value"]["choices"])]})
+            if r["from_name"] == "weather"
+            else r
+            for r in machine_label["result"]
+        ]
         project.client.annotations.update(id=machine_label["id"], result=corrected)
         edited_ids.append(machine_label["id"])
-        wait_until(lambda: edited not in loop.store.state(loop.pid).get("machine_task_ids", []), 30,
-                   "Label Studio's ANNOTATION_UPDATED webhook releasing the corrected machine label")
-        assert edited in {tid for tid, _, _ in read_project(loop.tasks(), LabelSchema.from_file(), set(accepted)).labeled}
+        wait_until(
+            lambda: edited not in loop.store.state(loop.pid).get("machine_task_ids", []),
+            30,
+            "Label Studio's ANNOTATION_UPDATED webhook releasing the corrected machine label",
+        )
+        assert edited in {
+            tid for tid, _, _ in read_project(loop.tasks(), LabelSchema.from_file(), set(accepted)).labeled
+        }
 
-        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {"deleted": len(accepted) - 1, "kept": [edited]}
+        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {
+            "deleted": len(accepted) - 1,
+            "kept": [edited],
+        }
         restored = {t["id"]: t for t in loop.tasks()}
         expected = {tid: [a["id"] for a in t["annotations"]] for tid, t in before.items()}
         expected[edited] = [machine_label["id"]]
         assert {tid: [a["id"] for a in t["annotations"]] for tid, t in restored.items()} == expected
         assert restored[edited]["annotations"][0]["result"] == corrected
         assert not set(accepted) & set(loop.store.state(loop.pid).get("machine_task_ids", []))
-        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {"deleted": 0, "kept": []}  # an undone record stays undone
+        assert undo_accept(project, loop.store, loop.pid, outcome["record"]) == {
+            "deleted": 0,
+            "kept": [],
+        }  # an undone record stays undone
         with pytest.raises(FileNotFoundError, match="no bulk-accept record"):
             undo_accept(project, loop.store, loop.pid, "19700101T000000000000")
     finally:
@@ -538,14 +618,43 @@ def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelS
     """Issue 4's acceptance: `weather-al demo --cycles 1 --no-wait`, here on the session's Label Studio (a fresh
     start costs minutes; the demo starts one itself without --label-studio-url), with its own Redis, backend and worker."""
     (tmp_path / "train.json").write_text(json.dumps(TRAIN_CONFIG))
-    env = {**os.environ, "IMAGE_SIZE": "64", "OMP_NUM_THREADS": "1", "TRAIN_CONFIG": str(tmp_path / "train.json"), "AUDIT_SIZE": "5",
-           "LABEL_STUDIO_API_KEY": label_studio.token}
+    env = {
+        **os.environ,
+        "IMAGE_SIZE": "64",
+        "OMP_NUM_THREADS": "1",
+        "TRAIN_CONFIG": str(tmp_path / "train.json"),
+        "AUDIT_SIZE": "5",
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+    }
     env.pop("REDIS_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "demo", "--workdir", str(tmp_path / "demo"), "--n", "60", "--seed-size", "20",
-         "--k", "10", "--cycles", "1", "--epochs", "2", "--no-wait",
-         "--label-studio-url", label_studio.url, "--document-root", str(label_studio.document_root)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "demo",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--n",
+            "60",
+            "--seed-size",
+            "20",
+            "--k",
+            "10",
+            "--cycles",
+            "1",
+            "--epochs",
+            "2",
+            "--no-wait",
+            "--label-studio-url",
+            label_studio.url,
+            "--document-root",
+            str(label_studio.document_root),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = re.findall(r"^\s+(\d+) (v\d+-\S+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)$", done.stdout, re.M)
@@ -575,17 +684,35 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_demo_stopped_by_a_signal_stops_everything_it_started(label_studio: LocalLabelStudio, tmp_path: Path,
-                                                              sig: signal.Signals) -> None:
+def test_demo_stopped_by_a_signal_stops_everything_it_started(
+    label_studio: LocalLabelStudio, tmp_path: Path, sig: signal.Signals
+) -> None:
     """Issue 11 item 17: `timeout`, systemd and `docker stop` send SIGTERM, a closed terminal SIGHUP; the demo
     must stop its Redis, backend and worker as on Ctrl-C. Before the fix, Python died at once and all three
     (each in a session of its own) kept running."""
     env = {**os.environ, "IMAGE_SIZE": "48", "OMP_NUM_THREADS": "1", "LABEL_STUDIO_API_KEY": label_studio.token}
     env.pop("REDIS_URL", None)
     demo = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "demo", "--workdir", str(tmp_path / "demo"), "--n", "20", "--seed-size", "12",
-         "--label-studio-url", label_studio.url, "--document-root", str(label_studio.document_root)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "demo",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--n",
+            "20",
+            "--seed-size",
+            "12",
+            "--label-studio-url",
+            label_studio.url,
+            "--document-root",
+            str(label_studio.document_root),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert demo.stdout is not None

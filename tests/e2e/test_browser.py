@@ -66,8 +66,14 @@ from model.training.trainer import TrainConfig
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS_DIR = "test-artifacts"
 VIEWPORT = {"width": 1400, "height": 900}
 UI_TIMEOUT_MS = 60_000
@@ -76,13 +82,23 @@ TRAINING_TIMEOUT_S = 900
 N_SCENES = 300
 SEED_SIZE = 150
 SCENE_SIZE = (320, 180)
-EASY_SCENES = {"timeofday": {"day": 0.55, "night": 0.45, "dusk": 0.0}, "weather": {"clear": 1.0, "rain": 0.0, "snow": 0.0}}
+EASY_SCENES = {
+    "timeofday": {"day": 0.55, "night": 0.45, "dusk": 0.0},
+    "weather": {"clear": 1.0, "rain": 0.0, "snow": 0.0},
+}
 TRAIN_EVERY = 3
 TARGET_PRECISION, DELTA = 0.9, 0.1
 FIRST_MODEL_STEPS, RETRAIN_STEPS = 5, 100
 BACKEND_ENV = {
-    "IMAGE_SIZE": "64", "OMP_NUM_THREADS": "1", "TRAIN_EVERY": str(TRAIN_EVERY), "MIN_LABELS": "10", "MANUAL_BATCH": "20",
-    "AUDIT_SIZE": "10", "TARGET_PRECISION": str(TARGET_PRECISION), "DELTA": str(DELTA), "AUTO_ACCEPT": "false",
+    "IMAGE_SIZE": "64",
+    "OMP_NUM_THREADS": "1",
+    "TRAIN_EVERY": str(TRAIN_EVERY),
+    "MIN_LABELS": "10",
+    "MANUAL_BATCH": "20",
+    "AUDIT_SIZE": "10",
+    "TARGET_PRECISION": str(TARGET_PRECISION),
+    "DELTA": str(DELTA),
+    "AUTO_ACCEPT": "false",
 }
 BACKEND_TITLE = "weather-al"
 
@@ -93,9 +109,11 @@ MODEL_MENU = "button[aria-label='Machine learning model options']"
 SUBMIT = "button[data-testid='bottombar-submit-button']"
 SELECT_ALL = "input[aria-label='Select all rows']"
 ROW_IDS = "[data-testid='table-row'] input[aria-label^='Select Task ']"
-IMAGES_LOADED = ("() => [...document.querySelectorAll('img[src]')].filter(i => i.getAttribute('src') && getComputedStyle(i).opacity !== '0'"
-                 " && i.getBoundingClientRect().bottom > 0 && i.getBoundingClientRect().top < innerHeight)"
-                 ".every(i => i.complete && i.naturalWidth > 0)")
+IMAGES_LOADED = (
+    "() => [...document.querySelectorAll('img[src]')].filter(i => i.getAttribute('src') && getComputedStyle(i).opacity !== '0'"
+    " && i.getBoundingClientRect().bottom > 0 && i.getBoundingClientRect().top < innerHeight)"
+    ".every(i => i.complete && i.naturalWidth > 0)"
+)
 SHOWN_TASK_ID = "() => document.querySelector('.lsf-current-task__task-id')?.firstChild?.textContent.trim()"
 
 
@@ -146,7 +164,9 @@ class Loop:
         unlabeled = [tid for tid, t in tasks.items() if not t.get("annotations") and tid in scored]
         by_loss = sorted(unlabeled, key=lambda tid: -scored[tid]["loss"])
         by_score = sorted(unlabeled, key=lambda tid: prediction(tasks[tid], version)["score"])
-        assert by_loss == by_score, "Label Studio's score order (ascending) is not the predicted-loss order (descending)"
+        assert by_loss == by_score, (
+            "Label Studio's score order (ascending) is not the predicted-loss order (descending)"
+        )
         return by_loss
 
 
@@ -169,14 +189,26 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="module")
-def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, label_studio: LocalLabelStudio,
-         artifacts: Path) -> Iterator[Loop]:
+def loop(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    label_studio: LocalLabelStudio,
+    artifacts: Path,
+) -> Iterator[Loop]:
     """Label Studio (the session's), Redis, backend and worker; a project whose random seed set is labeled."""
     workdir = tmp_path_factory.mktemp("browser-stack")
     train_config = workdir / "train.json"
     scenes = label_studio.document_root / "browser-scenes"
-    generate(scenes, N_SCENES, seed=0, label_noise=0.0, frequencies=EASY_SCENES, document_root=label_studio.document_root,
-             progress=False, size=SCENE_SIZE)
+    generate(
+        scenes,
+        N_SCENES,
+        seed=0,
+        label_noise=0.0,
+        frequencies=EASY_SCENES,
+        document_root=label_studio.document_root,
+        progress=False,
+        size=SCENE_SIZE,
+    )
     failures_before = request.session.testsfailed
     stack = None
 
@@ -185,8 +217,13 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             shutil.copyfile(log, artifacts / log.name)
 
     try:
-        stack = Stack.start(workdir, ls_port=None, backend_port=None, label_studio=label_studio,
-                            extra_env={**BACKEND_ENV, "TRAIN_CONFIG": str(train_config)})
+        stack = Stack.start(
+            workdir,
+            ls_port=None,
+            backend_port=None,
+            label_studio=label_studio,
+            extra_env={**BACKEND_ENV, "TRAIN_CONFIG": str(train_config)},
+        )
         ls = stack.client()
         project, answers = create_scene_project(ls, scenes, label_studio.document_root, title="Weather scenes")
         seed = random.Random(0).sample(sorted(answers), SEED_SIZE)
@@ -245,7 +282,11 @@ def shot(page, artifacts: Path, name: str) -> None:
 def open_tab(page, loop: Loop, title: str, expected: int) -> int:
     """Open the project's Data Manager on tab ``title``; returns how many tasks it lists once it shows
     ``expected`` (or after 30 s: the tab loads its tasks after the URL changes)."""
-    view = next(as_dict(v)["id"] for v in loop.ls.views.list(project=loop.project) if (as_dict(v).get("data") or {}).get("title") == title)
+    view = next(
+        as_dict(v)["id"]
+        for v in loop.ls.views.list(project=loop.project)
+        if (as_dict(v).get("data") or {}).get("title") == title
+    )
     page.goto(f"{loop.url}/projects/{loop.project}/data")
     page.get_by_text(title, exact=True).click()
     page.wait_for_url(re.compile(rf".*[?&]tab={view}\b"))
@@ -349,18 +390,24 @@ def test_label_all_tasks_follows_the_predicted_loss(loop: Loop, page, artifacts:
     shot(page, artifacts, "2-labeling")
     for i in range(TRAIN_EVERY + 1):
         assert task["id"] == expected[i], f"opened task {task['id']}, but #{i + 1} by predicted loss is {expected[i]}"
-        assert ticked(page, len(loop.schema.heads)) == set(scored[task["id"]]["labels"].values()), "pre-labels not ticked"
+        assert ticked(page, len(loop.schema.heads)) == set(scored[task["id"]]["labels"].values()), (
+            "pre-labels not ticked"
+        )
         if i < TRAIN_EVERY:
             task = submit(page)
     # TRAIN_EVERY submissions queued a retrain; the task now open stays this person's (Label Studio locks it)
     runs = wait_for_training_run(loop, runs_before)
-    assert runs.get("promoted", 0) == 2, f"the retrain was not made current: {loop.store.state(str(loop.project)).get('runs')}"
+    assert runs.get("promoted", 0) == 2, (
+        f"the retrain was not made current: {loop.store.state(str(loop.project)).get('runs')}"
+    )
     loop.version = wait_for_version(loop.ls, loop.project, first, timeout=60)
 
     task = submit(page)
     new_order = loop.ranking(loop.version)
     loop.open_task = task["id"]
-    assert task["id"] == new_order[0], f"after the retrain, opened {task['id']}; {loop.version} ranks {new_order[0]} first"
+    assert task["id"] == new_order[0], (
+        f"after the retrain, opened {task['id']}; {loop.version} ranks {new_order[0]} first"
+    )
     assert ticked(page, len(loop.schema.heads)) == set(loop.scores(loop.version)[task["id"]]["labels"].values())
     shot(page, artifacts, "2-after-retrain")
 
@@ -386,7 +433,9 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
 
     assert open_tab(page, loop, CANDIDATES_VIEW, len(candidates)) == len(candidates)
     page.locator(SELECT_ALL).click()
-    page.locator("button", has_text=re.compile(rf"^\s*{len(candidates)} Tasks\s*$")).click()  # "Actions" names the selection
+    page.locator(
+        "button", has_text=re.compile(rf"^\s*{len(candidates)} Tasks\s*$")
+    ).click()  # "Actions" names the selection
     convert = page.get_by_text("Create Annotations From Predictions", exact=True)
     convert.wait_for()
     shot(page, artifacts, "3-candidates")
@@ -397,7 +446,9 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     page.locator("span[title='Filtered tasks']", has_text=re.compile(r"^0$")).wait_for()
 
     after = loop.tasks()
-    changed = {tid for tid in after if len(after[tid].get("annotations") or []) != len(before[tid].get("annotations") or [])}
+    changed = {
+        tid for tid in after if len(after[tid].get("annotations") or []) != len(before[tid].get("annotations") or [])
+    }
     assert changed == candidates, "the bulk accept did not annotate exactly the tasks the candidates tab listed"
     for tid in candidates:
         (ann,) = after[tid]["annotations"]
@@ -405,14 +456,18 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
         assert choices(ann["result"]) == losses[tid]["labels"]
     for tid, task in before.items():
         if task.get("annotations"):
-            assert [a["id"] for a in after[tid]["annotations"]] == [a["id"] for a in task["annotations"]], f"task {tid} changed"
+            assert [a["id"] for a in after[tid]["annotations"]] == [a["id"] for a in task["annotations"]], (
+                f"task {tid} changed"
+            )
     assert open_tab(page, loop, AUDIT_VIEW, len(listed)) == len(listed)  # the audit sample waits for people, unlabeled
     assert not any(after[t].get("annotations") for t in audit)
     # Label Studio's ANNOTATIONS_CREATED webhook made the backend record them as machine labels (never trained on)
     deadline = time.time() + 60
     while set(loop.store.state(str(loop.project)).get("machine_task_ids", [])) != candidates and time.time() < deadline:
         time.sleep(1)
-    assert set(loop.store.state(str(loop.project)).get("machine_task_ids", [])) == candidates, "bulk accept not recorded"
+    assert set(loop.store.state(str(loop.project)).get("machine_task_ids", [])) == candidates, (
+        "bulk accept not recorded"
+    )
     metrics = requests.get(f"{loop.stack.backend_url}/metrics", timeout=10).text
     assert f'weather_al_machine_labeled{{project="{loop.project}"}} {float(len(candidates))}' in metrics
     shot(page, artifacts, "3-after-accept")
@@ -427,13 +482,24 @@ def test_reversed_scores_change_the_first_task(loop: Loop, page, artifacts: Path
     tasks = loop.tasks()
     order = loop.ranking(version, tasks)
     reversed_version = f"{version}-reversed"
-    loop.ls.projects.import_predictions(id=loop.project, request=[
-        {"task": tid, "model_version": reversed_version, "score": 1.0 - prediction(tasks[tid], version)["score"],
-         "result": prediction(tasks[tid], version)["result"]} for tid in order])
+    loop.ls.projects.import_predictions(
+        id=loop.project,
+        request=[
+            {
+                "task": tid,
+                "model_version": reversed_version,
+                "score": 1.0 - prediction(tasks[tid], version)["score"],
+                "result": prediction(tasks[tid], version)["result"],
+            }
+            for tid in order
+        ],
+    )
     loop.ls.projects.update(id=loop.project, model_version=reversed_version)
 
     task = label_all_tasks(page, loop)
     shot(page, artifacts, "4-reversed")
     assert order[0] != order[-1]
-    assert task["id"] == order[-1], f"with reversed scores Label Studio should open {order[-1]} (lowest loss), opened {task['id']}"
+    assert task["id"] == order[-1], (
+        f"with reversed scores Label Studio should open {order[-1]} (lowest loss), opened {task['id']}"
+    )
     assert task["id"] != order[0]

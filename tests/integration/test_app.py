@@ -54,7 +54,12 @@ def trained_store(tmp_path_factory) -> tuple[Path, Path, str]:
     root = tmp_path_factory.mktemp("store")
     data = write_tiny_set(root / "docs" / "imgs", 27)
     schema = LabelSchema.from_file()
-    result = train(read_manifest(data.manifest, schema), TrainConfig(image_size=48, epochs=1, min_steps=5, workers=0), progress=False, version="v1-test")
+    result = train(
+        read_manifest(data.manifest, schema),
+        TrainConfig(image_size=48, epochs=1, min_steps=5, workers=0),
+        progress=False,
+        version="v1-test",
+    )
     store = ModelStore(root / "models")
     store.save_version("7", result.model, trained_on={"train": []})
     store.promote("7", "v1-test")
@@ -62,8 +67,12 @@ def trained_store(tmp_path_factory) -> tuple[Path, Path, str]:
 
 
 def make_client(tmp_path: Path, broker: Broker | None, **overrides):
-    settings = Settings(model_dir=overrides.pop("model_dir", tmp_path / "models"), redis_url=broker.url if broker else None,
-                        label_studio_api_key=None, **overrides)
+    settings = Settings(
+        model_dir=overrides.pop("model_dir", tmp_path / "models"),
+        redis_url=broker.url if broker else None,
+        label_studio_api_key=None,
+        **overrides,
+    )
     return create_app(settings, broker=broker).test_client()
 
 
@@ -120,27 +129,50 @@ def run_queued_checks(broker: Broker) -> None:
     SimpleWorker([broker.queue], connection=broker.conn, serializer=JSONSerializer).work(burst=True)
 
 
-def converted(aid: int, task: int, project: int = 7, updated_by: int | None = None,
-              created_at: str = "2026-11-28T10:00:00Z") -> dict:
+def converted(
+    aid: int, task: int, project: int = 7, updated_by: int | None = None, created_at: str = "2026-11-28T10:00:00Z"
+) -> dict:
     """An annotation as Label Studio lists it after "Create Annotations From Predictions" (``updated_by``: a person
     saved it since)."""
-    return {"id": aid, "task": task, "project": project, "parent_prediction": 500 + task, "updated_by": updated_by,
-            "created_at": created_at, "result": [], "was_cancelled": False}
+    return {
+        "id": aid,
+        "task": task,
+        "project": project,
+        "parent_prediction": 500 + task,
+        "updated_by": updated_by,
+        "created_at": created_at,
+        "result": [],
+        "was_cancelled": False,
+    }
 
 
 def test_health_setup_and_versions(tmp_path, broker):
     c = make_client(tmp_path, broker)
     h = c.get("/health").get_json()
     assert h["status"] == "UP" and h["redis"] == "up"
-    r = c.post("/setup", json={"project": "3.1700000000", "schema": LABEL_CONFIG, "hostname": "http://localhost:8080", "access_token": "x"})
+    r = c.post(
+        "/setup",
+        json={
+            "project": "3.1700000000",
+            "schema": LABEL_CONFIG,
+            "hostname": "http://localhost:8080",
+            "access_token": "x",
+        },
+    )
     assert r.status_code == 200 and r.get_json() == {"model_version": "untrained"}
     assert c.get("/versions").get_json()["versions"] == []
 
 
 def test_predict_without_model_returns_one_empty_item_per_task(tmp_path, broker):
     c = make_client(tmp_path, broker)
-    r = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/x.jpg"}}, {"id": 2, "data": {"image": "/y.jpg"}}],
-                                 "project": "3.17", "label_config": LABEL_CONFIG})
+    r = c.post(
+        "/predict",
+        json={
+            "tasks": [{"id": 1, "data": {"image": "/x.jpg"}}, {"id": 2, "data": {"image": "/y.jpg"}}],
+            "project": "3.17",
+            "label_config": LABEL_CONFIG,
+        },
+    )
     assert r.status_code == 200
     assert r.get_json()["results"] == [[], []]
 
@@ -153,8 +185,12 @@ def test_webhook_folds_events_while_a_run_waits(tmp_path, broker):
     assert len(broker.queue) == 1
     # the job clears its waiting mark as it starts: the next event queues exactly one more run
     broker.start_run("5")
-    counted = c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}, "annotation": {"id": 1}}).get_json()
-    queued = c.post("/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 5}, "annotation": {"id": 1}}).get_json()
+    counted = c.post(
+        "/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}, "annotation": {"id": 1}}
+    ).get_json()
+    queued = c.post(
+        "/webhook", json={"action": "ANNOTATION_UPDATED", "project": {"id": 5}, "annotation": {"id": 1}}
+    ).get_json()
     assert (counted["status"], queued["status"]) == ("counted", "queued")
     assert len(broker.queue) == 2
     job = broker.queue.jobs[0]
@@ -167,20 +203,23 @@ def test_unknown_action_is_ignored_with_200(tmp_path, broker):
     assert len(broker.queue) == 0
 
 
-@pytest.mark.parametrize("path,body,status", [
-    ("/predict", b"{not json", 400),
-    ("/predict", b'{"project": "3.1"}', 400),
-    ("/predict", b'{"tasks": [], "project": "abc"}', 400),
-    ("/setup", b'{"project": "3.1", "schema": "<View><Text name=\\"t\\" value=\\"$t\\"/></View>"}', 422),
-    ("/setup", b'{"project": "3.1", "schema": "<View"}', 422),
-    ("/webhook", b'{"project": {"id": 1}}', 400),
-    ("/webhook", b'[1, 2]', 400),
-])
+@pytest.mark.parametrize(
+    "path,body,status",
+    [
+        ("/predict", b"{not json", 400),
+        ("/predict", b'{"project": "3.1"}', 400),
+        ("/predict", b'{"tasks": [], "project": "abc"}', 400),
+        ("/setup", b'{"project": "3.1", "schema": "<View><Text name=\\"t\\" value=\\"$t\\"/></View>"}', 422),
+        ("/setup", b'{"project": "3.1", "schema": "<View"}', 422),
+        ("/webhook", b'{"project": {"id": 1}}', 400),
+        ("/webhook", b"[1, 2]", 400),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_message_and_no_trace(tmp_path, broker, path, body, status):
     r = make_client(tmp_path, broker).post(path, data=body, content_type="application/json")
     assert r.status_code == status
     msg = r.get_json()["error"]
-    assert msg and "Traceback" not in msg and "File \"" not in msg
+    assert msg and "Traceback" not in msg and 'File "' not in msg
 
 
 def test_redis_down_webhook_503_health_reports_predict_still_serves(tmp_path, trained_store):
@@ -190,8 +229,14 @@ def test_redis_down_webhook_503_health_reports_predict_still_serves(tmp_path, tr
     assert c.get("/health").get_json()["redis"] == "down"
     r = c.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
     assert r.status_code == 503 and "Redis" in r.get_json()["error"]
-    p = c.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=imgs/images/0000.jpg"}}],
-                                 "project": "7.1", "label_config": LABEL_CONFIG})
+    p = c.post(
+        "/predict",
+        json={
+            "tasks": [{"id": 1, "data": {"image": "/data/local-files/?d=imgs/images/0000.jpg"}}],
+            "project": "7.1",
+            "label_config": LABEL_CONFIG,
+        },
+    )
     assert p.status_code == 200 and p.get_json()["results"][0]["model_version"] == version
 
 
@@ -205,7 +250,9 @@ def test_predict_broken_image_costs_only_its_task_and_cache_hits(tmp_path, train
         {"id": 13, "data": {"image": "/data/local-files/?d=../../etc/passwd"}},
         {"id": 14, "data": {"image": "/data/local-files/?d=imgs/images/0002.jpg"}},
     ]
-    res = c.post("/predict", json={"tasks": tasks, "project": "7.1", "label_config": LABEL_CONFIG}).get_json()["results"]
+    res = c.post("/predict", json={"tasks": tasks, "project": "7.1", "label_config": LABEL_CONFIG}).get_json()[
+        "results"
+    ]
     assert len(res) == 4 and res[1] == [] and res[2] == []
     schema = LabelSchema.from_file()
     for item in (res[0], res[3]):
@@ -216,7 +263,9 @@ def test_predict_broken_image_costs_only_its_task_and_cache_hits(tmp_path, train
     # the same task again is served from the cache: identical, even after its file is gone
     shutil.copy(docs / "imgs" / "images" / "0001.jpg", tmp_path / "keep.jpg")
     (docs / "imgs" / "images" / "0001.jpg").unlink()
-    again = c.post("/predict", json={"tasks": tasks[:1], "project": "7.1", "label_config": LABEL_CONFIG}).get_json()["results"]
+    again = c.post("/predict", json={"tasks": tasks[:1], "project": "7.1", "label_config": LABEL_CONFIG}).get_json()[
+        "results"
+    ]
     shutil.copy(tmp_path / "keep.jpg", docs / "imgs" / "images" / "0001.jpg")
     assert again == res[:1]
 
@@ -225,14 +274,21 @@ def test_schema_change_is_a_409_that_says_retrain(tmp_path, trained_store, broke
     models, docs, _ = trained_store
     other = LABEL_CONFIG.replace('<Choice value="snow"/>', '<Choice value="snow"/><Choice value="fog"/>')
     r = make_client(tmp_path, broker, model_dir=models, local_files_document_root=docs).post(
-        "/predict", json={"tasks": [{"id": 1, "data": {"image": "/x"}}], "project": "7.1", "label_config": other})
+        "/predict", json={"tasks": [{"id": 1, "data": {"image": "/x"}}], "project": "7.1", "label_config": other}
+    )
     assert r.status_code == 409 and "retrain" in r.get_json()["error"]
 
 
 def test_basic_auth_guards_every_endpoint_but_health(tmp_path, broker):
     c = make_client(tmp_path, broker, basic_auth_user="lead", basic_auth_pass="s3cret")
     assert c.get("/health").status_code == 200
-    for method, path in (("post", "/setup"), ("post", "/predict"), ("post", "/webhook"), ("get", "/versions"), ("get", "/metrics")):
+    for method, path in (
+        ("post", "/setup"),
+        ("post", "/predict"),
+        ("post", "/webhook"),
+        ("get", "/versions"),
+        ("get", "/metrics"),
+    ):
         assert getattr(c, method)(path, json={}).status_code == 401
     good = {"Authorization": "Basic " + base64.b64encode(b"lead:s3cret").decode()}
     assert c.get("/versions", headers=good).status_code == 200
@@ -265,12 +321,22 @@ def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path
     models, _, version = trained_store
     store_dir = tmp_path / "models"
     shutil.copytree(models, store_dir)
-    (store_dir / "7" / version / "calibration.json").write_text('{"certificate": {"threshold": 0.2, "lower_bound": 0.96, "target": 0.95, "delta": 0.05}}')
+    (store_dir / "7" / version / "calibration.json").write_text(
+        '{"certificate": {"threshold": 0.2, "lower_bound": 0.96, "target": 0.95, "delta": 0.05}}'
+    )
     for t in (1, 2, 3):
         label_studio.annotations[t] = [converted(100 + t, t, created_at="2026-11-28T10:00:0%dZ" % t)]
     c = make_client(tmp_path, broker, model_dir=store_dir)
-    annotations = [{"id": 100 + t, "task": t, "parent_prediction": 500 + t, "created_at": "2026-11-28T10:00:0%dZ" % t} for t in (3, 1, 2)]
-    body = {"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": annotations, "task": [{"id": t} for t in (1, 2, 3)]}
+    annotations = [
+        {"id": 100 + t, "task": t, "parent_prediction": 500 + t, "created_at": "2026-11-28T10:00:0%dZ" % t}
+        for t in (3, 1, 2)
+    ]
+    body = {
+        "action": "ANNOTATIONS_CREATED",
+        "project": {"id": 7},
+        "annotation": annotations,
+        "task": [{"id": t} for t in (1, 2, 3)],
+    }
 
     r = c.post("/webhook", json=body)
     assert r.status_code == 202 and r.get_json()["status"] == "checking" and r.get_json()["tasks"] == 3
@@ -297,12 +363,14 @@ def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path
 
 def test_a_forged_bulk_accept_marks_only_what_label_studio_confirms(tmp_path, broker, label_studio):
     """Anyone who reaches /webhook can claim a bulk accept; a person's label it names must keep training."""
-    label_studio.annotations.update({
-        1: [converted(101, 1, updated_by=5)],   # a person submitted the pre-label in the editor: theirs, it trains
-        2: [],                                   # not labeled at all
-        3: [converted(103, 3, project=8)],      # converted, but in another project
-        4: [converted(104, 4)],                  # really converted and untouched
-    })
+    label_studio.annotations.update(
+        {
+            1: [converted(101, 1, updated_by=5)],  # a person submitted the pre-label in the editor: theirs, it trains
+            2: [],  # not labeled at all
+            3: [converted(103, 3, project=8)],  # converted, but in another project
+            4: [converted(104, 4)],  # really converted and untouched
+        }
+    )
     c = make_client(tmp_path, broker)
     claim = [{"id": 900 + t, "task": t, "parent_prediction": 1} for t in (1, 2, 3, 4, 5)]  # task 5 does not exist
     r = c.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}, "annotation": claim})
@@ -324,9 +392,16 @@ def test_a_forged_bulk_accept_marks_only_what_label_studio_confirms(tmp_path, br
 
 def test_the_web_process_does_not_load_the_label_studio_sdk():
     """The webhook checks run in the worker: the SDK costs the web process 1.8 s and 86 MB at start-up."""
-    code = "import sys, backend.web.app; print([m for m in sys.modules if m.startswith(('label_studio_sdk', 'backend.'))])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2]).stdout
+    code = (
+        "import sys, backend.web.app; print([m for m in sys.modules if m.startswith(('label_studio_sdk', 'backend.'))])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout
     assert "label_studio_sdk" not in out and "backend.worker.webhook_checks" not in out and "backend.web.app" in out
 
 
@@ -367,7 +442,9 @@ def test_a_person_saving_a_machine_label_makes_it_theirs(tmp_path, broker, label
     run_queued_checks(broker)
     assert store.state("7")["machine_task_ids"] == [1, 3]
     assert 'weather_al_machine_labeled{project="7"} 2.0' in c.get("/metrics").get_data(as_text=True)
-    person = dict(body, annotation={"id": 9, "task": 40, "updated_by": 1})  # an update of a person's own label changes nothing
+    person = dict(
+        body, annotation={"id": 9, "task": 40, "updated_by": 1}
+    )  # an update of a person's own label changes nothing
     assert c.post("/webhook", json=person).status_code == 200 and store.state("7")["machine_task_ids"] == [1, 3]
     assert len(broker.queue) == 0  # and costs no call to Label Studio
 
@@ -410,11 +487,20 @@ def test_half_a_basic_auth_pair_refuses_to_start(tmp_path, monkeypatch, capsys):
     assert "hunter2" not in (err := capsys.readouterr().err) and "BASIC_AUTH_USER is not" in err  # never the password
 
 
-@pytest.mark.parametrize("host,auth,warns", [
-    ("0.0.0.0", False, True), ("::", False, True), ("192.168.1.20", False, True), ("backend.example", False, True),
-    ("0.0.0.0", True, False), ("127.0.0.1", False, False), ("127.0.0.2", False, False), ("::1", False, False),
-    ("localhost", False, False),
-])
+@pytest.mark.parametrize(
+    "host,auth,warns",
+    [
+        ("0.0.0.0", False, True),
+        ("::", False, True),
+        ("192.168.1.20", False, True),
+        ("backend.example", False, True),
+        ("0.0.0.0", True, False),
+        ("127.0.0.1", False, False),
+        ("127.0.0.2", False, False),
+        ("::1", False, False),
+        ("localhost", False, False),
+    ],
+)
 def test_serving_open_on_the_network_warns_how_to_fix_it(tmp_path, caplog, monkeypatch, host, auth, warns):
     pair = {"basic_auth_user": "lead", "basic_auth_pass": "s3cret"} if auth else {}
     settings = Settings(model_dir=tmp_path / "models", host=host, port=9123, **pair)
@@ -434,7 +520,11 @@ def test_setup_applies_the_connect_dialogs_extra_params(tmp_path, broker):
     """Label Studio's connect dialog has an *Extra params* field; it was ignored. Now the per-project settings
     given there apply to that project (here TRAIN_EVERY), and anything else is a clear 422."""
     c = make_client(tmp_path, broker, train_every=20)
-    body = {"project": "5.1700000000", "schema": LABEL_CONFIG, "extra_params": {"TRAIN_EVERY": 2, "target_precision": 0.9}}
+    body = {
+        "project": "5.1700000000",
+        "schema": LABEL_CONFIG,
+        "extra_params": {"TRAIN_EVERY": 2, "target_precision": 0.9},
+    }
     assert c.post("/setup", json=body).status_code == 200
     store = ModelStore(tmp_path / "models")
     assert store.state("5")["extra_params"] == {"train_every": 2, "target_precision": 0.9}
@@ -442,10 +532,17 @@ def test_setup_applies_the_connect_dialogs_extra_params(tmp_path, broker):
     assert [c.post("/webhook", json=event).get_json()["status"] for _ in range(2)] == ["counted", "queued"]
     other = {"action": "ANNOTATION_CREATED", "project": {"id": 6}, "annotation": {"id": 1}}
     assert {c.post("/webhook", json=other).get_json()["status"] for _ in range(2)} == {"counted"}  # 20 there
-    for bad, words in [({"TRAIN_EVRY": 3}, "unknown Extra params ['TRAIN_EVRY']"), ({"TRAIN_EVERY": 0}, "TRAIN_EVERY"),
-                       ("not json", "JSON object"), ({"LABEL_STUDIO_URL": "http://evil"}, "unknown Extra params")]:
+    for bad, words in [
+        ({"TRAIN_EVRY": 3}, "unknown Extra params ['TRAIN_EVRY']"),
+        ({"TRAIN_EVERY": 0}, "TRAIN_EVERY"),
+        ("not json", "JSON object"),
+        ({"LABEL_STUDIO_URL": "http://evil"}, "unknown Extra params"),
+    ]:
         r = c.post("/setup", json={**body, "extra_params": bad})
         assert r.status_code == 422 and words in r.get_json()["error"], r.get_json()
-    assert store.state("5")["extra_params"] == {"train_every": 2, "target_precision": 0.9}  # a refused change changes nothing
+    assert store.state("5")["extra_params"] == {
+        "train_every": 2,
+        "target_precision": 0.9,
+    }  # a refused change changes nothing
     assert c.post("/setup", json={**body, "extra_params": "{}"}).status_code == 200
     assert store.state("5")["extra_params"] == {}

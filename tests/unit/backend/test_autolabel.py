@@ -11,9 +11,9 @@ Against a fake Label Studio over HTTP (tests/fake_label_studio.py) and the real 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from fake_label_studio import FakeLabelStudio, serve
@@ -26,8 +26,17 @@ from backend.worker.autolabel import accept_band, undo_accept
 from model.al.certify import Certificate
 
 PID = "1"
-CERTIFICATE = Certificate(threshold=0.3, lower_bound=0.96, precision=1.0, n_calibration=120, n_in_band=60, target=0.95,
-                          delta=0.05, more_labels_needed=None, message="test")
+CERTIFICATE = Certificate(
+    threshold=0.3,
+    lower_bound=0.96,
+    precision=1.0,
+    n_calibration=120,
+    n_in_band=60,
+    target=0.95,
+    delta=0.05,
+    more_labels_needed=None,
+    message="test",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +69,8 @@ def machine(store: ModelStore) -> list[int]:
 
 
 def test_a_conversion_that_failed_after_converting_part_keeps_and_records_what_it_made(
-        fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore) -> None:
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
     fake.convert_budget = 2  # Label Studio converts two tasks, then answers 500 to every try
     with pytest.raises(LabelStudioError, match=f"after {ATTEMPTS} attempts"):
         accept_band(ls, store, PID, "v1", [1, 2, 3, 4, 5, 6], CERTIFICATE)
@@ -76,7 +86,8 @@ def test_a_conversion_that_failed_after_converting_part_keeps_and_records_what_i
 
 
 def test_a_conversion_that_committed_and_then_was_refused_keeps_every_machine_label(
-        fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore) -> None:
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
     fake.faults["convert"].append("commit-400")
     with pytest.raises(LabelStudioError, match="refused"):
         accept_band(ls, store, PID, "v1", [1, 2, 3], CERTIFICATE)
@@ -85,8 +96,9 @@ def test_a_conversion_that_committed_and_then_was_refused_keeps_every_machine_la
     assert record["task_ids"] == [1, 2, 3] and len(record["annotation_ids"]) == 3
 
 
-def test_a_failed_conversion_that_made_nothing_unmarks_everything(fake: FakeLabelStudio, ls: LabelStudioProject,
-                                                                   store: ModelStore) -> None:
+def test_a_failed_conversion_that_made_nothing_unmarks_everything(
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
     fake.faults["convert"].append(400)
     with pytest.raises(LabelStudioError):
         accept_band(ls, store, PID, "v1", [1, 2, 3], CERTIFICATE)
@@ -103,8 +115,9 @@ def test_undo_does_not_compare_clocks(fake: FakeLabelStudio, ls: LabelStudioProj
     assert list_accepts(store, PID)[0]["undone"] is True
 
 
-def test_undo_leaves_another_version_s_annotation_and_its_mark(fake: FakeLabelStudio, ls: LabelStudioProject,
-                                                                store: ModelStore) -> None:
+def test_undo_leaves_another_version_s_annotation_and_its_mark(
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
     """A record without annotation ids (an older one) is undone by model version: task 2 holds a machine
     label from v0's prediction, which another accept made; it stays, and stays machine-labeled."""
     fake.add_annotation(1, parent_prediction=fake.tasks[1]["predictions"][0]["id"])
@@ -136,7 +149,8 @@ def test_undo_unmarks_only_what_it_deleted(fake: FakeLabelStudio, ls: LabelStudi
 
 
 def test_a_bulk_accept_made_in_label_studio_is_undone_by_its_annotation_ids(
-        fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore) -> None:
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
     """The webhook's record names the annotations it reports: undo deletes exactly those, even when the
     person converted another version's predictions than the record's guess (the current version)."""
     made = [fake.add_annotation(tid, parent_prediction=fake.add_prediction(tid, "v0")["id"]) for tid in (1, 2)]

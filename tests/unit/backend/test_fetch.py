@@ -30,7 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
     /slow (answers late), /drip (a byte at a time), /trickle-headers (headers a byte at a time),
     /redirect?to=URL (302), /loop (302 to itself); "missing" or anything else 404."""
 
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args) -> None:  # keep test output quiet
         pass
@@ -300,7 +300,13 @@ def test_token_never_reaches_logs_or_messages_on_an_error_path(tmp_path, ls, cap
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "ftp://127.0.0.1/a.jpg", "data:image/png;base64,iVBORw0KGgo=", "gopher://x/1", "s3://bucket/a.jpg"],
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/a.jpg",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "gopher://x/1",
+        "s3://bucket/a.jpg",
+    ],
 )
 def test_other_schemes_are_refused(tmp_path, url):
     with pytest.raises(FetchError, match="scheme is not supported"):
@@ -430,13 +436,17 @@ def _port(server) -> int:
     return int(server.url.rsplit(":", 1)[1])
 
 
-@pytest.mark.parametrize("trick", [
-    "http://127.0.0.1:{other}\\@127.0.0.1:{ls}/img/t.jpg",       # urllib3 connects to {other}, urlsplit says {ls}
-    "http://127.0.0.1:{other}\\\\@127.0.0.1:{ls}/img/t.jpg",   # doubled backslashes
-    "http://127.0.0.1:{other}\\/img/t.jpg",                      # a backslash before the path
-    "http://127.0.0.1:{ls}@127.0.0.1:{other}/img/t.jpg",          # user info that looks like Label Studio
-    "http://user:pw@127.0.0.1:{ls}/img/t.jpg",                    # user info on Label Studio itself
-], ids=["backslash", "double-backslash", "backslash-path", "userinfo-lookalike", "userinfo"])
+@pytest.mark.parametrize(
+    "trick",
+    [
+        "http://127.0.0.1:{other}\\@127.0.0.1:{ls}/img/t.jpg",  # urllib3 connects to {other}, urlsplit says {ls}
+        "http://127.0.0.1:{other}\\\\@127.0.0.1:{ls}/img/t.jpg",  # doubled backslashes
+        "http://127.0.0.1:{other}\\/img/t.jpg",  # a backslash before the path
+        "http://127.0.0.1:{ls}@127.0.0.1:{other}/img/t.jpg",  # user info that looks like Label Studio
+        "http://user:pw@127.0.0.1:{ls}/img/t.jpg",  # user info on Label Studio itself
+    ],
+    ids=["backslash", "double-backslash", "backslash-path", "userinfo-lookalike", "userinfo"],
+)
 def test_ambiguous_urls_are_refused_before_any_request(tmp_path, ls, other, trick):
     """Before the fix, the first one passed the origin check as Label Studio and sent the token to {other}."""
     url = trick.format(ls=_port(ls), other=_port(other))
@@ -445,8 +455,11 @@ def test_ambiguous_urls_are_refused_before_any_request(tmp_path, ls, other, tric
     assert other.seen == [] and ls.seen == []
 
 
-@pytest.mark.parametrize("trick", ["{other_url}/img/h.jpg#@127.0.0.1:{ls}/", "{other_url}/img/h.jpg?@127.0.0.1:{ls}/"],
-                         ids=["fragment-at", "query-at"])
+@pytest.mark.parametrize(
+    "trick",
+    ["{other_url}/img/h.jpg#@127.0.0.1:{ls}/", "{other_url}/img/h.jpg?@127.0.0.1:{ls}/"],
+    ids=["fragment-at", "query-at"],
+)
 def test_an_at_sign_after_the_host_does_not_move_the_origin(tmp_path, ls, other, trick):
     _fetcher(tmp_path, ls.url).fetch(trick.format(other_url=other.url, ls=_port(ls)))
     assert [auth for _, auth in other.seen] == [None] and ls.seen == []
@@ -457,12 +470,18 @@ def test_an_upper_case_scheme_and_host_are_still_label_studio(tmp_path, ls):
     assert ls.auth_for("/img/u.jpg") == [f"Token {TOKEN}"]
 
 
-@pytest.mark.parametrize("a,b,same", [
-    ("http://ls", "http://ls:80/x", True), ("https://ls/", "https://LS:443/x", True),
-    ("http://ls", "https://ls/x", False),
-    ("http://ls", "http://ls./x", False), ("http://bücher.example", "http://xn--bcher-kva.example/x", True),
-    ("http://[::1]:8080", "http://[::1]:8080/x", True), ("http://ls:8080", "http://ls:8081/x", False),
-])
+@pytest.mark.parametrize(
+    "a,b,same",
+    [
+        ("http://ls", "http://ls:80/x", True),
+        ("https://ls/", "https://LS:443/x", True),
+        ("http://ls", "https://ls/x", False),
+        ("http://ls", "http://ls./x", False),
+        ("http://bücher.example", "http://xn--bcher-kva.example/x", True),
+        ("http://[::1]:8080", "http://[::1]:8080/x", True),
+        ("http://ls:8080", "http://ls:8081/x", False),
+    ],
+)
 def test_origins_compare_as_the_client_connects(a, b, same):
     from backend.labelstudio.fetch import _origin
 

@@ -8,7 +8,7 @@ not committed twice (predictions, conversions, views).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from fake_label_studio import FakeLabelStudio, serve
@@ -97,8 +97,9 @@ def test_an_import_needs_model_versions(ls: LabelStudioProject) -> None:
 
 
 @pytest.mark.parametrize("fault", ["commit-drop", "commit-500"])
-def test_a_conversion_that_committed_is_not_repeated(fake: FakeLabelStudio, ls: LabelStudioProject,
-                                                     fault: object) -> None:
+def test_a_conversion_that_committed_is_not_repeated(
+    fake: FakeLabelStudio, ls: LabelStudioProject, fault: object
+) -> None:
     for tid in (1, 2):
         fake.add_task(tid)
         fake.add_prediction(tid, "v1")
@@ -108,8 +109,9 @@ def test_a_conversion_that_committed_is_not_repeated(fake: FakeLabelStudio, ls: 
     assert fake.count("POST", "convert") == 1
 
 
-def test_a_view_created_before_its_answer_was_lost_is_updated_not_created_twice(fake: FakeLabelStudio,
-                                                                                ls: LabelStudioProject) -> None:
+def test_a_view_created_before_its_answer_was_lost_is_updated_not_created_twice(
+    fake: FakeLabelStudio, ls: LabelStudioProject
+) -> None:
     fake.faults["create-view"].append("commit-drop")
     vid = ls.ensure_view("Queue", ["tasks:predictions_score"])
     assert list(fake.views) == [vid] and fake.views[vid]["data"]["title"] == "Queue"
@@ -127,7 +129,14 @@ def test_delete_reports_what_is_gone(fake: FakeLabelStudio, ls: LabelStudioProje
 
 
 def test_from_version_matches_annotations_by_their_parent_prediction() -> None:
-    task = {"id": 1, "predictions": [{"id": 10, "model_version": "v1"}, {"id": 11, "model_version": "v0"}, 12],
-            "annotations": [{"id": 1, "parent_prediction": 10}, {"id": 2, "parent_prediction": 11},
-                            {"id": 3, "parent_prediction": None}, {"id": 4, "parent_prediction": 12}]}
+    task = {
+        "id": 1,
+        "predictions": [{"id": 10, "model_version": "v1"}, {"id": 11, "model_version": "v0"}, 12],
+        "annotations": [
+            {"id": 1, "parent_prediction": 10},
+            {"id": 2, "parent_prediction": 11},
+            {"id": 3, "parent_prediction": None},
+            {"id": 4, "parent_prediction": 12},
+        ],
+    }
     assert [a["id"] for a in from_version(task, "v1")] == [1]

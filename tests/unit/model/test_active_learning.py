@@ -14,7 +14,9 @@ from model.al.strategies import PoolView
 def _pool(n: int = 500, seed: int = 0) -> PoolView:
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(3), size=n)
-    return PoolView(rng.permutation(np.linspace(0.0, 2.0, n)), {"a": probs, "b": probs[:, ::-1]}, rng.normal(size=(n, 4)))
+    return PoolView(
+        rng.permutation(np.linspace(0.0, 2.0, n)), {"a": probs, "b": probs[:, ::-1]}, rng.normal(size=(n, 4))
+    )
 
 
 def _calibration(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +88,13 @@ def test_no_calibrator_under_the_minimum_and_scores_fall_with_loss():
     assert plan.calibrator is not None
     assert np.all(np.diff(plan.scores[order]) < 0)
     summary = plan.summary()
-    assert json.loads(json.dumps(summary))["counts"] == {"pool": 500, "manual": 5, "automatic": len(plan.automatic), "audit": 0,
-                                                          "deferred": len(plan.deferred)}
+    assert json.loads(json.dumps(summary))["counts"] == {
+        "pool": 500,
+        "manual": 5,
+        "automatic": len(plan.automatic),
+        "audit": 0,
+        "deferred": len(plan.deferred),
+    }
     assert summary["threshold"] == plan.certificate.threshold and summary["lower_bound"] >= 0.95
 
 
@@ -109,8 +116,12 @@ def test_holdout_hash_is_stable_and_holds_out_about_the_fraction():
     assert abs(half.mean() - 0.5) < 0.015
     fifth = np.array([is_calibration_holdout(k, 0.2) for k in keys])
     assert abs(fifth.mean() - 0.2) < 0.015
-    assert not np.any(fifth & ~half)  # a smaller fraction holds out a subset: raising it never moves labels into training
-    assert not any(is_calibration_holdout(k, 0.0) for k in keys[:100]) and all(is_calibration_holdout(k, 1.0) for k in keys[:100])
+    assert not np.any(
+        fifth & ~half
+    )  # a smaller fraction holds out a subset: raising it never moves labels into training
+    assert not any(is_calibration_holdout(k, 0.0) for k in keys[:100]) and all(
+        is_calibration_holdout(k, 1.0) for k in keys[:100]
+    )
     # the same answer in another process (Python's hash() would differ there)
     code = "from model.al.cycle import is_calibration_holdout as h; print(''.join('1' if h(f'images/{i:06d}.jpg') else '0' for i in range(200)))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -89,7 +89,7 @@ def _corrupt_files(root: Path, rows: list[dict[str, str]], rng: np.random.Genera
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)).save(buffer, "PNG")
         data = bytearray(buffer.getvalue())
-        data[len(data) // 2: len(data) // 2 + 200] = bytes(200)
+        data[len(data) // 2 : len(data) // 2 + 200] = bytes(200)
         out.append((f"images/badpng_{k}.png", bytes(data)))
     for k in range(2):
         buffer = io.BytesIO()
@@ -104,7 +104,7 @@ def plant_faults(root: Path, n_base: int = 420, n_unlabeled: int = 80, seed: int
     base = generate(root, n_base, seed=seed, label_noise=0.0, size=(160, 90), progress=False)
     with base.manifest_path.open() as fh:
         rows = [dict(r, annotator="a1") for r in csv.DictReader(fh)]
-    for r in rows[n_base - n_unlabeled:]:
+    for r in rows[n_base - n_unlabeled :]:
         r.update(timeofday="", weather="", annotator="")
     labeled = range(n_base - n_unlabeled)
     order = rng.permutation(n_base)
@@ -122,7 +122,9 @@ def plant_faults(root: Path, n_base: int = 420, n_unlabeled: int = 80, seed: int
         name = f"images/near_{k:02d}.jpg"
         with Image.open(root / rows[i]["image"]) as src:
             _near_copy(src.convert("RGB"), k % 3, rng).save(root / name, quality=int(rng.integers(60, 90)))
-        extra.append(dict(rows[i], image=name) if k % 2 == 0 else dict(image=name, timeofday="", weather="", annotator=""))
+        extra.append(
+            dict(rows[i], image=name) if k % 2 == 0 else dict(image=name, timeofday="", weather="", annotator="")
+        )
         planted.near[name] = rows[i]["image"]
     for i in flip_idx:
         head = HEAD_NAMES[int(rng.integers(2))]
@@ -146,7 +148,14 @@ def plant_faults(root: Path, n_base: int = 420, n_unlabeled: int = 80, seed: int
     for k in range(10):
         name = f"images/outlier_{k:02d}.{'png' if k % 3 else 'jpg'}"
         _alien(k, rng).save(root / name)
-        extra.append({"image": name, "timeofday": str(rng.choice(HEADS["timeofday"])), "weather": str(rng.choice(HEADS["weather"])), "annotator": "a1"})
+        extra.append(
+            {
+                "image": name,
+                "timeofday": str(rng.choice(HEADS["timeofday"])),
+                "weather": str(rng.choice(HEADS["weather"])),
+                "annotator": "a1",
+            }
+        )
         planted.outliers.add(name)
     for name, data in _corrupt_files(root, rows, rng):
         if data is not None:
@@ -266,14 +275,23 @@ def test_phash_survives_reencoding_but_tells_scenes_apart(tmp_path: Path) -> Non
     again = Image.open(buffer).convert("RGB")
 
     def bits(x: Image.Image, y: Image.Image) -> int:
-        return int(np.bitwise_count(np.uint64(describe(np.asarray(x))["phash"]) ^ np.uint64(describe(np.asarray(y))["phash"])))
+        return int(
+            np.bitwise_count(np.uint64(describe(np.asarray(x))["phash"]) ^ np.uint64(describe(np.asarray(y))["phash"]))
+        )
 
     assert bits(a, again) <= 4 and bits(a, b) > MAX_HAMMING
 
 
 def _annotation(aid: int, who: int, values: dict[str, list[str]], created: str) -> dict:
-    return {"id": aid, "completed_by": who, "created_at": created, "was_cancelled": False,
-            "result": [{"type": "choices", "from_name": h, "to_name": "image", "value": {"choices": v}} for h, v in values.items()]}
+    return {
+        "id": aid,
+        "completed_by": who,
+        "created_at": created,
+        "was_cancelled": False,
+        "result": [
+            {"type": "choices", "from_name": h, "to_name": "image", "value": {"choices": v}} for h, v in values.items()
+        ],
+    }
 
 
 def test_export_reader_keeps_every_annotation_and_names_problems(tmp_path: Path, schema: LabelSchema) -> None:
@@ -281,12 +299,27 @@ def test_export_reader_keeps_every_annotation_and_names_problems(tmp_path: Path,
     pairs = [("day", "day"), ("night", "dusk"), ("dusk", "dusk"), ("day", "night")]
     tasks = []
     for t, (first, second) in enumerate(pairs):
-        tasks.append({"id": t + 1, "data": {"image": f"/data/local-files/?d={tiny.rows[t][0]}"}, "annotations": [
-            _annotation(10 * t + 2, 2, {"timeofday": [second], "weather": ["clear"]}, "2024-01-02"),
-            _annotation(10 * t + 1, 1, {"timeofday": [first], "weather": ["clear"]}, "2024-01-01"),
-        ]})
-    tasks.append({"id": 5, "data": {"image": tiny.rows[4][0]}, "annotations": [
-        _annotation(51, 1, {"timeofday": ["dawn"], "weather": ["rain", "snow"], "mood": ["happy"]}, "2024-01-01")]})
+        tasks.append(
+            {
+                "id": t + 1,
+                "data": {"image": f"/data/local-files/?d={tiny.rows[t][0]}"},
+                "annotations": [
+                    _annotation(10 * t + 2, 2, {"timeofday": [second], "weather": ["clear"]}, "2024-01-02"),
+                    _annotation(10 * t + 1, 1, {"timeofday": [first], "weather": ["clear"]}, "2024-01-01"),
+                ],
+            }
+        )
+    tasks.append(
+        {
+            "id": 5,
+            "data": {"image": tiny.rows[4][0]},
+            "annotations": [
+                _annotation(
+                    51, 1, {"timeofday": ["dawn"], "weather": ["rain", "snow"], "mood": ["happy"]}, "2024-01-01"
+                )
+            ],
+        }
+    )
     tasks.append({"id": 6, "data": {"image": "https://example.com/x.jpg"}, "annotations": []})
     path = tmp_path / "export.json"
     path.write_text(json.dumps(tasks))
@@ -296,7 +329,11 @@ def test_export_reader_keeps_every_annotation_and_names_problems(tmp_path: Path,
     assert [a.annotator for a in data.items[1].annotations] == ["1", "2"]  # in the order they were made
     assert data.items[5].source is None and "not a local file" in data.items[5].error
     kinds = {(i.key, i.head, i.kind) for i in data.label_issues}
-    assert kinds == {("5", "timeofday", OUTSIDE_CONFIG), ("5", "weather", SEVERAL_VALUES), ("5", "mood", OUTSIDE_CONFIG)}
+    assert kinds == {
+        ("5", "timeofday", OUTSIDE_CONFIG),
+        ("5", "weather", SEVERAL_VALUES),
+        ("5", "mood", OUTSIDE_CONFIG),
+    }
     assert data.items[4].labels == (None, schema.head("weather").index("rain"))
 
     human = annotator_agreement(data.items, schema)
@@ -321,15 +358,37 @@ def test_search_space_validation_and_sampling() -> None:
     assert len({c.max_ratio for c in drawn}) > 1 and len({round(c.margin, 6) for c in drawn}) == 20
 
 
-def test_tune_writes_a_config_that_train_accepts_and_analyze_compares_the_model(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_tune_writes_a_config_that_train_accepts_and_analyze_compares_the_model(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     tiny = write_tiny_set(tmp_path / "tiny", 36)
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"epochs": [1, 2], "image_size": [64, 96]}))
     base = tmp_path / "base.json"  # a flat configuration; few optimizer steps and in-process decoding keep it fast
     base.write_text(json.dumps({"min_steps": 2, "workers": 0}))
     out = tmp_path / "tune"
-    assert main(["tune", "--data", str(tiny.manifest), "--trials", "3", "--out", str(out), "--space", str(space),
-                 "--config", str(base), "--epochs", "1", "--image-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--data",
+                str(tiny.manifest),
+                "--trials",
+                "3",
+                "--out",
+                str(out),
+                "--space",
+                str(space),
+                "--config",
+                str(base),
+                "--epochs",
+                "1",
+                "--image-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "best: trial" in printed and len([line for line in printed.splitlines() if line[1:6].strip().isdigit()]) == 3
     trials = json.loads((out / "trials.json").read_text())["trials"]
@@ -341,7 +400,12 @@ def test_tune_writes_a_config_that_train_accepts_and_analyze_compares_the_model(
     with Image.open(out / "trials.png") as plot:
         assert plot.width > 500
     model_dir = tmp_path / "model"
-    assert main(["train", "--data", str(tiny.manifest), "--config", str(out / "best_config.json"), "--out", str(model_dir)]) == 0
+    assert (
+        main(
+            ["train", "--data", str(tiny.manifest), "--config", str(out / "best_config.json"), "--out", str(model_dir)]
+        )
+        == 0
+    )
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["config"] == best["config"]
 
@@ -375,8 +439,24 @@ def test_tune_writes_a_config_that_train_accepts_and_analyze_compares_the_model(
     get_settings.cache_clear()
     analysis = tmp_path / "analysis"
     try:
-        assert main(["analyze", "--url", "http://ls.test", "--api-key", "secret", "--project", "7", "--out", str(analysis),
-                     "--model", str(model_dir)]) == 0
+        assert (
+            main(
+                [
+                    "analyze",
+                    "--url",
+                    "http://ls.test",
+                    "--api-key",
+                    "secret",
+                    "--project",
+                    "7",
+                    "--out",
+                    str(analysis),
+                    "--model",
+                    str(model_dir),
+                ]
+            )
+            == 0
+        )
     finally:
         get_settings.cache_clear()
     summary = json.loads((analysis / "summary.json").read_text())
@@ -384,4 +464,6 @@ def test_tune_writes_a_config_that_train_accepts_and_analyze_compares_the_model(
     assert summary["human_baseline"]["weather"]["raw_agreement"] == pytest.approx(0.9)
     assert summary["human_baseline"]["timeofday"]["raw_agreement"] == 1.0
     model_heads = summary["model"]["heads"]
-    assert set(model_heads) == set(HEAD_NAMES) and all(0 <= h["accuracy"] <= 1 and h["n"] == 36 for h in model_heads.values())
+    assert set(model_heads) == set(HEAD_NAMES) and all(
+        0 <= h["accuracy"] <= 1 and h["n"] == 36 for h in model_heads.values()
+    )

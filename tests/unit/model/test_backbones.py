@@ -48,10 +48,15 @@ def test_shipped_imagenet_weights_see_a_palace_in_china_jpg() -> None:
     load_sample_image = pytest.importorskip("sklearn.datasets").load_sample_image
     backbone = build_backbone("efficientnet_lite0").eval()
     assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
-    transform = v2.Compose([
-        v2.PILToTensor(), v2.Resize(224, antialias=True), v2.CenterCrop(224),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(backbone.mean, backbone.std),
-    ])
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(224, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(backbone.mean, backbone.std),
+        ]
+    )
     x = transform(Image.fromarray(load_sample_image("china.jpg")))[None]
     with torch.no_grad():
         _, pooled = backbone(x)
@@ -60,7 +65,9 @@ def test_shipped_imagenet_weights_see_a_palace_in_china_jpg() -> None:
     assert top3[0] == PALACE
 
 
-def test_resnet18_offline_warns_and_builds(monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+def test_resnet18_offline_warns_and_builds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     from torchvision.models._api import WeightsEnum
 
     def offline(self, *args, **kwargs):

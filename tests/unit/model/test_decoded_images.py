@@ -31,11 +31,23 @@ def examples(schema: LabelSchema, tiny_set: TinyData, tmp_path: Path) -> list[Ex
     return good + [Example(key="truncated.jpg", source=str(bad), labels=good[0].labels)]
 
 
-def test_scores_from_decoded_pixels_equal_scores_from_the_files(schema: LabelSchema, examples: list[Example], tmp_path: Path) -> None:
+def test_scores_from_decoded_pixels_equal_scores_from_the_files(
+    schema: LabelSchema, examples: list[Example], tmp_path: Path
+) -> None:
     torch.manual_seed(0)
     net = MultiHeadNet(build_backbone("efficientnet_lite0", weights=None), schema).eval()
-    model = TrainedModel(net=net, meta={"schema": schema.to_dict(), "backbone": "efficientnet_lite0", "image_size": SIZE,
-                                        "mean": [0.5] * 3, "std": [0.25] * 3, "version": "t"}, metrics={})
+    model = TrainedModel(
+        net=net,
+        meta={
+            "schema": schema.to_dict(),
+            "backbone": "efficientnet_lite0",
+            "image_size": SIZE,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "version": "t",
+        },
+        metrics={},
+    )
     decoded = DecodedImages.decode(examples, SIZE, tmp_path / "pixels.npy", progress=False)
     assert len(decoded) == len(examples) - 1 and "truncated.jpg" in decoded and "elsewhere.jpg" not in decoded
 
@@ -56,7 +68,9 @@ def test_scores_from_decoded_pixels_equal_scores_from_the_files(schema: LabelSch
         ImageDataset(examples, None, SIZE * 2, decoded)
 
 
-def test_training_on_decoded_pixels_is_the_same_training(schema: LabelSchema, examples: list[Example], tmp_path: Path) -> None:
+def test_training_on_decoded_pixels_is_the_same_training(
+    schema: LabelSchema, examples: list[Example], tmp_path: Path
+) -> None:
     data = ExampleSet(schema, examples[:-1])
     decoded = DecodedImages.decode(data.examples, SIZE, tmp_path / "pixels.npy", progress=False)
     config = TrainConfig(weights=None, image_size=SIZE, epochs=1, min_steps=3, batch_size=8, workers=0, device="cpu")

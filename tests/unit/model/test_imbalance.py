@@ -74,4 +74,3 @@ def test_undersample_still_acts_when_another_head_is_balanced() -> None:
     keep = undersample(labels, [3, 3], max_ratio=3.0, rng=np.random.default_rng(0))
     counts = np.bincount(labels[keep, 0], minlength=3)
     assert counts.max() <= 3 * counts.min()
-

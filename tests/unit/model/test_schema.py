@@ -57,28 +57,48 @@ def _config(*parts: str, image: str = '<Image name="image" value="$image"/>') ->
 @pytest.mark.parametrize(
     ("xml", "tag", "reason"),
     [
-        pytest.param(_config(_CHOICES.format(name="w", to="image", extra=""), image=""), "<Image>", "no <Image>", id="no-image"),
         pytest.param(
-            _config(_CHOICES.format(name="w", to="a", extra=""), image='<Image name="a" value="$a"/><Image name="b" value="$b"/>'),
-            "<Image>", "2 <Image> tags", id="two-images",
+            _config(_CHOICES.format(name="w", to="image", extra=""), image=""), "<Image>", "no <Image>", id="no-image"
         ),
-        pytest.param(_config(_CHOICES.format(name="w", to="image", extra='choice="multiple"')), '<Choices name="w">', "multiple", id="multi-choice"),
+        pytest.param(
+            _config(
+                _CHOICES.format(name="w", to="a", extra=""),
+                image='<Image name="a" value="$a"/><Image name="b" value="$b"/>',
+            ),
+            "<Image>",
+            "2 <Image> tags",
+            id="two-images",
+        ),
+        pytest.param(
+            _config(_CHOICES.format(name="w", to="image", extra='choice="multiple"')),
+            '<Choices name="w">',
+            "multiple",
+            id="multi-choice",
+        ),
         pytest.param(_config('<Header value="nothing to answer"/>'), "<Choices>", "no <Choices>", id="no-choices"),
         pytest.param(
             _config('<Text name="caption" value="$text"/>', _CHOICES.format(name="w", to="caption", extra="")),
-            '<Choices name="w">', "caption", id="choices-over-text",
+            '<Choices name="w">',
+            "caption",
+            id="choices-over-text",
         ),
         pytest.param(
             _config('<Choices name="w" toName="image"><Choice value="only"/></Choices>'),
-            '<Choices name="w">', "at least two", id="one-choice",
+            '<Choices name="w">',
+            "at least two",
+            id="one-choice",
         ),
         pytest.param(
             _config(_CHOICES.format(name="w", to="image", extra=""), _CHOICES.format(name="w", to="image", extra="")),
-            "<Choices>", "unique", id="duplicate-head",
+            "<Choices>",
+            "unique",
+            id="duplicate-head",
         ),
         pytest.param(
             _config('<Choices name="w" toName="image"><Choice value="a"/><Choice value="a"/></Choices>'),
-            '<Choices name="w">', "duplicate", id="duplicate-choice",
+            '<Choices name="w">',
+            "duplicate",
+            id="duplicate-choice",
         ),
     ],
 )

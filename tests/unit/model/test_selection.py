@@ -145,6 +145,11 @@ def test_pool_view_refuses_non_finite_scores(bad):
 def test_the_strategy_names_are_the_registry():
     """One list: every name builds a strategy, and an unknown name names the choices."""
     assert {type(get_strategy(n)).__name__ for n in STRATEGY_NAMES} == {
-        "LossStrategy", "LossDiversityStrategy", "RandomStrategy", "EntropyStrategy", "MarginStrategy"}
+        "LossStrategy",
+        "LossDiversityStrategy",
+        "RandomStrategy",
+        "EntropyStrategy",
+        "MarginStrategy",
+    }
     with pytest.raises(ValueError, match="margin"):
         get_strategy("coreset")

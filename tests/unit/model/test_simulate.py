@@ -26,15 +26,39 @@ def test_simulate_command_writes_results_and_report(scenes, tmp_path):
     out = tmp_path / "sim"
     config = tmp_path / "config.json"
     config.write_text(json.dumps(TINY_TRAINING))
-    argv = ["simulate", "--data", str(scenes.manifest_path), "--out", str(out), "--pool", str(POOL), "--test", str(TEST),
-            "--seed-size", str(SEED_SIZE), "--k", str(K), "--audit", str(AUDIT), "--cycles", str(CYCLES), "--seeds", "0",
-            "--strategies", "loss,random", "--config", str(config)]
+    argv = [
+        "simulate",
+        "--data",
+        str(scenes.manifest_path),
+        "--out",
+        str(out),
+        "--pool",
+        str(POOL),
+        "--test",
+        str(TEST),
+        "--seed-size",
+        str(SEED_SIZE),
+        "--k",
+        str(K),
+        "--audit",
+        str(AUDIT),
+        "--cycles",
+        str(CYCLES),
+        "--seeds",
+        "0",
+        "--strategies",
+        "loss,random",
+        "--config",
+        str(config),
+    ]
     assert main(argv) == 0
     with (out / "results.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         rows = list(reader)
     assert reader.fieldnames == result_columns(LabelSchema.from_file())
-    assert [(r["strategy"], int(r["cycle"])) for r in rows] == [(s, c) for s in ("loss", "random") for c in range(CYCLES + 1)]
+    assert [(r["strategy"], int(r["cycle"])) for r in rows] == [
+        (s, c) for s in ("loss", "random") for c in range(CYCLES + 1)
+    ]
     for r in rows:
         assert int(r["labels"]) == SEED_SIZE + K * int(r["cycle"])
         assert int(r["train_labels"]) + int(r["calibration_labels"]) == int(r["labels_by_people"])
@@ -49,9 +73,20 @@ def test_calibration_labels_never_train_and_manual_picks_never_calibrate(scenes,
     sim = SimulationData.from_manifest(scenes.manifest_path, pool_size=POOL, test_size=TEST)
     assert sim.has_truth and len(sim.pool) == POOL and len(sim.test) == TEST
     assert not {e.key for e in sim.pool} & {e.key for e in sim.test}
-    result = simulate(sim, ["loss"], [1], tmp_path, seed_size=SEED_SIZE, k=K, cycles=1, audit_size=AUDIT,
-                      train_config=TrainConfig(**TINY_TRAINING),
-                      calibration_labels="truth", progress=False, report=False)
+    result = simulate(
+        sim,
+        ["loss"],
+        [1],
+        tmp_path,
+        seed_size=SEED_SIZE,
+        k=K,
+        cycles=1,
+        audit_size=AUDIT,
+        train_config=TrainConfig(**TINY_TRAINING),
+        calibration_labels="truth",
+        progress=False,
+        report=False,
+    )
     trace = result.traces[0]
     calibration = set(trace.holdout_ids.tolist()) | set(trace.audit_ids.tolist())
     assert not calibration & set(trace.train_ids.tolist())
@@ -66,13 +101,23 @@ def test_calibration_labels_never_train_and_manual_picks_never_calibrate(scenes,
 
 def test_parallel_runs_record_every_cycle_in_run_order(scenes, tmp_path):
     sim = SimulationData.from_manifest(scenes.manifest_path, pool_size=POOL, test_size=TEST)
-    kwargs = dict(seed_size=SEED_SIZE, k=K, cycles=1, audit_size=AUDIT, train_config=TrainConfig(**TINY_TRAINING),
-                  progress=False, report=False)
+    kwargs = dict(
+        seed_size=SEED_SIZE,
+        k=K,
+        cycles=1,
+        audit_size=AUDIT,
+        train_config=TrainConfig(**TINY_TRAINING),
+        progress=False,
+        report=False,
+    )
     serial = simulate(sim, ["random", "loss"], [0, 1], tmp_path / "serial", **kwargs)
     parallel = simulate(sim, ["random", "loss"], [0, 1], tmp_path / "parallel", jobs=2, **kwargs)
 
     def counts(row):
-        return tuple(row[c] for c in ("strategy", "seed", "cycle", "labels", "train_labels", "calibration_labels", "audit_labels"))
+        return tuple(
+            row[c]
+            for c in ("strategy", "seed", "cycle", "labels", "train_labels", "calibration_labels", "audit_labels")
+        )
 
     assert [counts(r) for r in parallel.rows] == [counts(r) for r in serial.rows]
     assert [(t.strategy, t.seed) for t in parallel.traces] == [("random", 0), ("loss", 0), ("random", 1), ("loss", 1)]

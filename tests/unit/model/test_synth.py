@@ -71,7 +71,8 @@ def test_manifest_truth_and_tasks_formats(tmp_path: Path) -> None:
 
     rooted = generate(out, 2, seed=1, size=SMALL, progress=False, workers=1, document_root=tmp_path)
     assert json.loads(rooted.tasks_path.read_text())[1] == {
-        "data": {"image": "/data/local-files/?d=root/my%20set/images/000001.jpg"}}
+        "data": {"image": "/data/local-files/?d=root/my%20set/images/000001.jpg"}
+    }
 
 
 def test_document_root_must_contain_the_output(tmp_path: Path) -> None:
@@ -124,8 +125,12 @@ def test_time_of_day_orders_brightness_and_snow_whitens_the_ground() -> None:
     """Easy scenes (difficulty 0) carry the cues a model should learn."""
 
     def scenes(timeofday: str, weather: str) -> np.ndarray:
-        return np.stack([np.asarray(render_scene(np.random.default_rng(i), timeofday, weather, 0.0, (96, 54)),
-                                    dtype=np.float32) for i in range(12)])
+        return np.stack(
+            [
+                np.asarray(render_scene(np.random.default_rng(i), timeofday, weather, 0.0, (96, 54)), dtype=np.float32)
+                for i in range(12)
+            ]
+        )
 
     day, dusk, night = (scenes(t, "clear") for t in ("day", "dusk", "night"))
     assert day.mean() > dusk.mean() > night.mean()

@@ -125,7 +125,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(schema: LabelSchema, tiny
         for _ in range(2):
             net(torch.randn(8, 3, 32, 32) * 2 + 0.5)
     net.eval()
-    meta = {"schema": schema.to_dict(), "backbone": "efficientnet_lite0", "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "version": "t1"}
+    meta = {
+        "schema": schema.to_dict(),
+        "backbone": "efficientnet_lite0",
+        "image_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "version": "t1",
+    }
     model = TrainedModel(net=net, meta=meta, metrics={"n": 1})
     model.save(tmp_path / "ckpt")
     loaded = TrainedModel.load(tmp_path / "ckpt")
@@ -191,7 +198,16 @@ def test_train_writes_a_complete_checkpoint(tmp_path: Path, schema: LabelSchema,
 
 def test_lambda_zero_leaves_the_loss_module_untrained(tmp_path: Path, schema: LabelSchema, initial_loss_module) -> None:
     data = read_manifest(write_tiny_set(tmp_path / "data", 20).manifest, schema)
-    config = TrainConfig(min_steps=1, image_size=32, epochs=1, batch_size=8, workers=0, loss_weight=0.0, weight_decay=0.0, val_fraction=0.0)
+    config = TrainConfig(
+        min_steps=1,
+        image_size=32,
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        loss_weight=0.0,
+        weight_decay=0.0,
+        val_fraction=0.0,
+    )
     result = train(data, config, progress=False)
     assert not _changed(result.model.net, initial_loss_module)
     assert any(not torch.equal(p, torch.zeros_like(p)) for p in result.model.net.heads.parameters())
@@ -200,7 +216,18 @@ def test_lambda_zero_leaves_the_loss_module_untrained(tmp_path: Path, schema: La
 def test_overfit_batch_command_reaches_95_percent(tmp_path: Path) -> None:
     data = write_tiny_set(tmp_path / "data", 12, seed=1)
     (tmp_path / "config.json").write_text(json.dumps({"batch_size": 12, "image_size": 32}))
-    rc = main(["train", "--data", str(data.manifest), "--out", str(tmp_path / "out"), "--config", str(tmp_path / "config.json"), "--overfit-batch"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data.manifest),
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(tmp_path / "config.json"),
+            "--overfit-batch",
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "out" / "overfit.json").read_text())
     assert report["batch_size"] == 12
@@ -227,12 +254,27 @@ def bad_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyData, list[st
 
 
 def test_bad_inputs_are_reported_and_skipped_by_train_and_score(
-    bad_set: tuple[TinyData, list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    bad_set: tuple[TinyData, list[str]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data, names = bad_set
-    (tmp_path / "config.json").write_text(json.dumps({"image_size": 32, "epochs": 1, "batch_size": 32, "workers": 0, "min_steps": 1}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"image_size": 32, "epochs": 1, "batch_size": 32, "workers": 0, "min_steps": 1})
+    )
     with caplog.at_level(logging.WARNING):
-        rc = main(["train", "--data", str(data.manifest), "--out", str(tmp_path / "m"), "--config", str(tmp_path / "config.json")])
+        rc = main(
+            [
+                "train",
+                "--data",
+                str(data.manifest),
+                "--out",
+                str(tmp_path / "m"),
+                "--config",
+                str(tmp_path / "config.json"),
+            ]
+        )
     assert rc == 0
     for name in names:
         assert name in caplog.text, name
@@ -242,7 +284,9 @@ def test_bad_inputs_are_reported_and_skipped_by_train_and_score(
     caplog.clear()
     capsys.readouterr()
     with caplog.at_level(logging.WARNING):
-        rc = main(["score", "--model", str(tmp_path / "m"), "--data", str(data.manifest), "--out", str(tmp_path / "s.jsonl")])
+        rc = main(
+            ["score", "--model", str(tmp_path / "m"), "--data", str(data.manifest), "--out", str(tmp_path / "s.jsonl")]
+        )
     assert rc == 0
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     # scoring needs no labels: the row with a missing head is scored; the unknown class is still a bad row
