@@ -126,7 +126,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "analyze",
-        help="analyse a data set: distribution, unreadable images, label problems, duplicates, outliers, human baseline",
+        help=(
+            "analyse a data set: distribution, unreadable images, label problems, duplicates, outliers, human baseline"
+        ),
     )
     p.add_argument(
         "--data",
@@ -354,8 +356,10 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     d = s["duplicates"]
     print(
         f"{s['n_items']} images ({s['n_labeled']} labeled): {s['n_unreadable']} unreadable, "
-        f"{len(s['label_problems']['issues'])} unusable labels, {len(s['label_problems']['disagreements'])} disagreements, "
-        f"{s['label_problems']['n_flagged']} suspected wrong labels, {d['n_exact_groups']} exact and {d['n_near_groups']} near duplicate groups"
+        f"{len(s['label_problems']['issues'])} unusable labels, "
+        f"{len(s['label_problems']['disagreements'])} disagreements, "
+        f"{s['label_problems']['n_flagged']} suspected wrong labels, "
+        f"{d['n_exact_groups']} exact and {d['n_near_groups']} near duplicate groups"
     )
     print(f"wrote {result.report_path} and {result.summary_path}")
 
@@ -379,10 +383,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
     print(format_table(result))
     best, baseline = result.best, result.trials[0]
     print(
-        f"best: trial {best.number}, validation mean macro-F1 {best.score:.3f} (baseline: {baseline.score if baseline.score is None else round(baseline.score, 3)})"
+        f"best: trial {best.number}, validation mean macro-F1 {best.score:.3f} "
+        f"(baseline: {baseline.score if baseline.score is None else round(baseline.score, 3)})"
     )
     print(
-        f"wrote {paths['best_config']} (use: weather-al train --config {paths['best_config']}, or TRAIN_CONFIG for the backend), {paths['plot']}"
+        f"wrote {paths['best_config']} (use: weather-al train --config {paths['best_config']}, "
+        f"or TRAIN_CONFIG for the backend), {paths['plot']}"
     )
 
 
@@ -395,7 +401,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     lm = metrics["loss_module"]
     lines.append(
         f"loss module: Spearman {lm['spearman']:.3f} (max-softmax {lm['msp_spearman']:.3f}); "
-        f"AUROC for errors {lm['auroc']:.3f} (max-softmax {lm['msp_auroc']:.3f}); error rate {lm['error_rate']:.3f} on {lm['n']} images"
+        f"AUROC for errors {lm['auroc']:.3f} (max-softmax {lm['msp_auroc']:.3f}); "
+        f"error rate {lm['error_rate']:.3f} on {lm['n']} images"
     )
     return "\n".join(lines)
 

@@ -40,7 +40,8 @@ def draw_scene(timeofday: str, weather: str, rng: np.random.Generator, size: tup
 
 @dataclass
 class TinyData:
-    """A manifest of ``n`` coloured scenes: ``manifest`` (CSV), ``root`` (its folder), ``rows`` (image, timeofday, weather)."""
+    """A manifest of ``n`` coloured scenes: ``manifest`` (CSV), ``root`` (its folder), ``rows`` (image, timeofday,
+    weather)."""
 
     root: Path
     manifest: Path

@@ -43,7 +43,8 @@ class Item:
     """One image of the data set.
 
     ``annotations`` are in the order they were made. ``labels`` holds the class index per head of the
-    label training would use (the latest annotation), None where the head is missing or its value is not a class of the config.
+    label training would use (the latest annotation), None where the head is missing or its value is not a class of
+    the config.
     ``error`` is set when the image cannot even be located (e.g. a task whose URL is not a local file).
     """
 
@@ -190,7 +191,8 @@ def _result_values(
 
 
 def _settle_labels(item: Item, values: dict[str, str | None], schema: LabelSchema, issues: list[LabelIssue]) -> None:
-    """Set ``item.labels`` from the annotation ``values`` that give its label; record a missing head or a value outside the config."""
+    """Set ``item.labels`` from the annotation ``values`` that give its label; record a missing head or a value
+    outside the config."""
     labels: list[int | None] = []
     for head in schema.heads:
         value = values.get(head.name)

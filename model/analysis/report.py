@@ -29,11 +29,13 @@ PER_CLASS = 10
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222}
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-nav a{margin-right:1em} table{border-collapse:collapse;margin:.5em 0 1em} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}
+nav a{margin-right:1em} table{border-collapse:collapse;margin:.5em 0 1em} \
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}
 th{background:#f3f3f3} .grid{display:flex;flex-wrap:wrap;gap:8px;margin:.5em 0 1em}
 .card{width:160px;font-size:12px;word-break:break-all} .card img{width:160px;display:block;border:1px solid #bbb}
 .group{display:flex;gap:8px;align-items:flex-start;margin:.4em 0;padding:.4em;border:1px dashed #ccc}
-.warn{color:#a30} .muted{color:#777} figure{display:inline-block;margin:0 1em 1em 0} figcaption{font-size:13px;color:#555}
+.warn{color:#a30} .muted{color:#777} figure{display:inline-block;margin:0 1em 1em 0} \
+figcaption{font-size:13px;color:#555}
 """
 
 
@@ -137,7 +139,10 @@ def _figure(fig, caption: str) -> str:
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     b64 = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}"><figcaption>{_e(caption)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _plt():
@@ -258,7 +263,8 @@ def _label_problems(f: Findings, thumbs: _Thumbnails) -> str:
     parts.append(
         "<h3>Suspected wrong labels</h3>"
         f"<p>A logistic regression on ImageNet embeddings, 5-fold cross-validated (accuracy: {_e(acc) or 'n/a'}), "
-        "predicts each label without seeing it; the labels it finds least likely come first (cleanlab's self-confidence). "
+        "predicts each label without seeing it; the labels it finds least likely come first "
+        "(cleanlab's self-confidence). "
         f"Confident learning flags {int(f.suspects.flagged.sum())} image(s).</p>"
     )
     rows = f.suspect_rows(GRID_LIMIT)
@@ -280,8 +286,8 @@ def _duplicates(f: Findings, thumbs: _Thumbnails) -> str:
     labeled = f.labeled
     parts = [
         f"<p>{len(f.exact)} group(s) of identical files, {len(f.near)} group(s) of near duplicates "
-        "(perceptual hash within 10 bits or embedding cosine at least 0.95, confirmed by 16x16 thumbnails correlating at "
-        "0.95 or more and an embedding cosine of at least 0.8). A group that spans the labeled and "
+        "(perceptual hash within 10 bits or embedding cosine at least 0.95, confirmed by 16x16 thumbnails "
+        "correlating at 0.95 or more and an embedding cosine of at least 0.8). A group that spans the labeled and "
         "unlabeled parts wastes a label; one with different labels holds a label error.</p>"
     ]
     for title, groups in (("Exact duplicates", f.exact), ("Near duplicates", f.near)):

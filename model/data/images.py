@@ -64,7 +64,8 @@ def load_image(
 
     ``target_size``: the short side the caller will resize to. JPEGs are then decoded in draft mode
     (DCT scaling by 1/2, 1/4 or 1/8), several times faster than a full decode for large photos; the
-    result is still at least ``target_size`` on its short side, so the caller's resize only shrinks. ``name`` labels the image in error messages (default: the path, or "<bytes>").
+    result is still at least ``target_size`` on its short side, so the caller's resize only shrinks. ``name`` labels
+    the image in error messages (default: the path, or "<bytes>").
 
     Raises :class:`ImageError` for a missing or unreadable file, a file over MAX_IMAGE_BYTES, an
     image over MAX_IMAGE_PIXELS (refused from its header, before decoding), and empty, truncated,

@@ -21,7 +21,8 @@ def undersample(
 
     ``labels`` is (N, heads). A row that carries a rare class of ANY head is protected: dropping a
     majority "day" image that is also one of the few "snow" images would trade one imbalance for another.
-    "Rare" means a class at or under the cap of a head that has some class over it. Classes absent from the data are ignored.
+    "Rare" means a class at or under the cap of a head that has some class over it. Classes absent from the data are
+    ignored.
     """
     rng = rng or np.random.default_rng(0)
     n = labels.shape[0]

@@ -197,17 +197,20 @@ def write_report(result: SimulationResult, path: Path) -> Path:
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>weather-al simulation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} img{{max-width:100%}} figcaption{{color:#555;font-size:13px}}</style>
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} img{{max-width:100%}} \
+figcaption{{color:#555;font-size:13px}}</style>
 </head><body>
 <h1>Active-learning simulation</h1>
-<p>Settings: <code>{html.escape(json.dumps({k: v for k, v in result.settings.items() if k != "train_config"}))}</code></p>
+<p>Settings: <code>\
+{html.escape(json.dumps({k: v for k, v in result.settings.items() if k != "train_config"}))}</code></p>
 <p>Training: <code>{html.escape(json.dumps(result.settings["train_config"]))}</code></p>
 <h2>After the last cycle (mean ± std over seeds)</h2>
 {_html_table(final_table(result.rows))}
 <h2>Figures</h2>
 {figs}
 <h2>Every cycle</h2>
-<details><summary>{len(per_cycle)} rows (also in {html.escape(result.results_path.name)})</summary>{_html_table(per_cycle)}</details>
+<details><summary>{len(per_cycle)} rows (also in {html.escape(result.results_path.name)})</summary>\
+{_html_table(per_cycle)}</details>
 </body></html>
 """
     path.write_text(doc, encoding="utf-8")

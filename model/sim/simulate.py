@@ -91,7 +91,8 @@ class SimulationData:
             missing = [e.key for e in examples if e.key not in truth]
             if missing:
                 raise ValueError(
-                    f"the truth file has no row for {len(missing)} image(s), e.g. {missing[:3]}; regenerate it with the manifest"
+                    f"the truth file has no row for {len(missing)} image(s), e.g. {missing[:3]}; "
+                    "regenerate it with the manifest"
                 )
         n = len(examples)
         if test_size is None:
@@ -218,8 +219,8 @@ def simulate(
     """Run ``cycles`` rounds of active learning per strategy and seed; write results.csv and report.html.
 
     data: a labeled CSV manifest (truth.csv beside it is used when present; pool_size and test_size
-    split it) or a ready SimulationData. Cycle 0 trains on the seed set's training half; each later cycle adds the previous plan's k
-    manual picks. Every cycle is one row of results.csv, written as soon as it is known.
+    split it) or a ready SimulationData. Cycle 0 trains on the seed set's training half; each later cycle adds the
+    previous plan's k manual picks. Every cycle is one row of results.csv, written as soon as it is known.
 
     The pool and the test set are decoded once (model.data.decoded), not once per cycle. ``jobs``
     runs that many (strategy, seed) runs side by side in their own processes, each with an equal

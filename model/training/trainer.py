@@ -224,7 +224,8 @@ def train(
     )
     net.set_trainable_stages(stages)
     logger.info(
-        "training on %d images (%d after undersampling to max_ratio %.0f), validating on %d; %d backbone stage(s) trainable",
+        "training on %d images (%d after undersampling to max_ratio %.0f), validating on %d; "
+        "%d backbone stage(s) trainable",
         len(tr_idx),
         len(kept),
         config.max_ratio,
@@ -412,7 +413,9 @@ def overfit_one_batch(
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr)
     net.train()
     accuracy: dict[str, float] = {}
-    for step in tqdm(range(steps), desc="overfitting one batch", disable=not progress):
+    steps_done = 0
+    for _ in tqdm(range(steps), desc="overfitting one batch", disable=not progress):
+        steps_done += 1
         out = net(x)
         sample_loss = per_sample_loss(out.logits, y)
         cls_loss = sample_loss.mean()
@@ -425,4 +428,9 @@ def overfit_one_batch(
         }
         if min(accuracy.values()) == 1.0 and cls_loss.item() < 0.05:
             break
-    return {"steps": step + 1, "batch_size": int(y.shape[0]), "cls_loss": float(cls_loss.item()), "accuracy": accuracy}
+    return {
+        "steps": steps_done,
+        "batch_size": int(y.shape[0]),
+        "cls_loss": float(cls_loss.item()),
+        "accuracy": accuracy,
+    }

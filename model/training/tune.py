@@ -161,7 +161,10 @@ def tune(
 def format_table(result: TuneResult) -> str:
     """One line per trial, the best marked with '*'."""
     best = result.best.number if any(t.score is not None for t in result.trials) else -1
-    header = f"{'':1}{'trial':>5} {'lr':>9} {'epochs':>6} {'size':>5} {'lambda':>7} {'margin':>7} {'max_ratio':>9} {'val F1':>7} {'rank rho':>8} {'s':>6}"
+    header = (
+        f"{'':1}{'trial':>5} {'lr':>9} {'epochs':>6} {'size':>5} {'lambda':>7} {'margin':>7} {'max_ratio':>9} "
+        f"{'val F1':>7} {'rank rho':>8} {'s':>6}"
+    )
     lines = [header, "-" * len(header)]
     for t in result.trials:
         c = t.config

@@ -519,7 +519,8 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
     finally:
         stop_worker(worker)
         proxy.close()
-        loop.stack.restart_worker()  # the next tests need a worker: webhook claims are checked there against Label Studio
+        # the next tests need a worker: webhook claims are checked there against Label Studio
+        loop.stack.restart_worker()
 
 
 def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: Loop) -> None:
@@ -616,7 +617,8 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
 
 def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelStudio, tmp_path: Path) -> None:
     """Issue 4's acceptance: `weather-al demo --cycles 1 --no-wait`, here on the session's Label Studio (a fresh
-    start costs minutes; the demo starts one itself without --label-studio-url), with its own Redis, backend and worker."""
+    start costs minutes; the demo starts one itself without --label-studio-url), with its own Redis, backend and
+    worker."""
     (tmp_path / "train.json").write_text(json.dumps(TRAIN_CONFIG))
     env = {
         **os.environ,

@@ -110,7 +110,8 @@ SUBMIT = "button[data-testid='bottombar-submit-button']"
 SELECT_ALL = "input[aria-label='Select all rows']"
 ROW_IDS = "[data-testid='table-row'] input[aria-label^='Select Task ']"
 IMAGES_LOADED = (
-    "() => [...document.querySelectorAll('img[src]')].filter(i => i.getAttribute('src') && getComputedStyle(i).opacity !== '0'"
+    "() => [...document.querySelectorAll('img[src]')]"
+    ".filter(i => i.getAttribute('src') && getComputedStyle(i).opacity !== '0'"
     " && i.getBoundingClientRect().bottom > 0 && i.getBoundingClientRect().top < innerHeight)"
     ".every(i => i.complete && i.naturalWidth > 0)"
 )

@@ -325,10 +325,10 @@ def test_bulk_accept_in_label_studio_is_recorded_once_as_machine_labels(tmp_path
         '{"certificate": {"threshold": 0.2, "lower_bound": 0.96, "target": 0.95, "delta": 0.05}}'
     )
     for t in (1, 2, 3):
-        label_studio.annotations[t] = [converted(100 + t, t, created_at="2026-11-28T10:00:0%dZ" % t)]
+        label_studio.annotations[t] = [converted(100 + t, t, created_at=f"2026-11-28T10:00:0{t}Z")]
     c = make_client(tmp_path, broker, model_dir=store_dir)
     annotations = [
-        {"id": 100 + t, "task": t, "parent_prediction": 500 + t, "created_at": "2026-11-28T10:00:0%dZ" % t}
+        {"id": 100 + t, "task": t, "parent_prediction": 500 + t, "created_at": f"2026-11-28T10:00:0{t}Z"}
         for t in (3, 1, 2)
     ]
     body = {

@@ -123,7 +123,10 @@ def test_holdout_hash_is_stable_and_holds_out_about_the_fraction():
         is_calibration_holdout(k, 1.0) for k in keys[:100]
     )
     # the same answer in another process (Python's hash() would differ there)
-    code = "from model.al.cycle import is_calibration_holdout as h; print(''.join('1' if h(f'images/{i:06d}.jpg') else '0' for i in range(200)))"
+    code = (
+        "from model.al.cycle import is_calibration_holdout as h; "
+        "print(''.join('1' if h(f'images/{i:06d}.jpg') else '0' for i in range(200)))"
+    )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == "".join("1" if h else "0" for h in half[:200])
     with pytest.raises(ValueError, match="fraction"):

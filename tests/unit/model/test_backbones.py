@@ -12,7 +12,8 @@ from torchvision.transforms import v2
 
 from model.nn.backbones import BACKBONES, build_backbone
 
-#: ImageNet classes a palace photo may fairly be called (palace, monastery, castle, stupa, mosque, church, bell cote, pagoda-like).
+#: ImageNet classes a palace photo may fairly be called (palace, monastery, castle, stupa, mosque, church, bell cote,
+#: pagoda-like).
 PALACE = 698
 PALACE_LIKE = {698, 663, 483, 832, 668, 497, 442}
 

@@ -237,7 +237,10 @@ def test_the_backend_and_the_model_read_one_byte_limit() -> None:
     import subprocess
     import sys
 
-    code = "from model.data import images; from backend.settings import Settings; print(images.MAX_IMAGE_BYTES, Settings().max_image_bytes)"
+    code = (
+        "from model.data import images; from backend.settings import Settings; "
+        "print(images.MAX_IMAGE_BYTES, Settings().max_image_bytes)"
+    )
     env = {**os.environ, "MAX_IMAGE_BYTES": "12345"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["12345", "12345"]

@@ -133,7 +133,8 @@ def test_pool_view_rejects_mismatched_shapes():
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_pool_view_refuses_non_finite_scores(bad):
-    """A NaN sorts anywhere and an inf first: either would choose the batch, so the pool refuses them (as certify does)."""
+    """A NaN sorts anywhere and an inf first: either would choose the batch, so the pool refuses them (as certify
+    does)."""
     with pytest.raises(ValueError, match="NaN or infinite"):
         PoolView(predicted_loss=np.array([0.1, bad, 0.3]))
     probs = np.full((3, 3), 1 / 3)
