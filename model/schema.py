@@ -82,9 +82,9 @@ class LabelSchema:
                 '<Image>: the label config has no <Image> tag; add one, e.g. <Image name="image" value="$image"/>'
             )
         if len(images) > 1:
-            names = ", ".join(el.get("name", "?") for el in images)
+            image_names = ", ".join(el.get("name", "?") for el in images)
             raise SchemaError(
-                f"<Image>: the label config has {len(images)} <Image> tags ({names}); exactly one is supported"
+                f"<Image>: the label config has {len(images)} <Image> tags ({image_names}); exactly one is supported"
             )
         image = images[0]
         image_name, value = image.get("name"), image.get("value", "")
@@ -98,7 +98,8 @@ class LabelSchema:
             heads.append(_parse_choices(el, image_name))
         if not heads:
             raise SchemaError(
-                "<Choices>: the label config has no <Choices> tag over the image; add at least one single-choice <Choices>"
+                "<Choices>: the label config has no <Choices> tag over the image; "
+                "add at least one single-choice <Choices>"
             )
         names = [h.name for h in heads]
         if len(set(names)) != len(names):

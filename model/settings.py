@@ -22,13 +22,13 @@ class ImageLimits(BaseSettings):
     )
 
     max_image_pixels: int = Field(
-        40_000_000,
+        default=40_000_000,
         gt=0,
         description="decompression-bomb limit (width x height), checked on the header before any pixel is decoded",
         validation_alias=AliasChoices("max_image_pixels", "weather_al_max_image_pixels"),
     )
     max_image_bytes: int = Field(
-        30 * 1024 * 1024, gt=0, description="files (and downloads) larger than this are refused"
+        default=30 * 1024 * 1024, gt=0, description="files (and downloads) larger than this are refused"
     )
 
 

@@ -95,7 +95,7 @@ class LossStrategy:
         _check_k(k)
         n = len(pool)
         if self.subset_size is None or max(self.subset_size, k) >= n:
-            candidates = np.arange(n)
+            candidates: np.ndarray = np.arange(n)
         else:
             candidates = rng.choice(n, size=max(self.subset_size, k), replace=False)
         return candidates[_top(pool.predicted_loss[candidates], k)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,7 +48,8 @@ class Findings:
 
     @property
     def labeled(self) -> np.ndarray:
-        return (self.labels >= 0).any(axis=1)
+        # numpy's stubs type any() with an axis as "bool or array"; with axis=1 it is an array
+        return cast(np.ndarray, (self.labels >= 0).any(axis=1))
 
     def class_name(self, head: int, index: int) -> str:
         return self.data.schema.heads[head].classes[index] if index >= 0 else ""

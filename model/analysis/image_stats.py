@@ -7,9 +7,9 @@ thumbnail several times cheaper than the full image. Files are read in DataLoade
 
 Two compact fingerprints serve the duplicate search: a 16x16 colour thumbnail ("tiny image", Torralba,
 Fergus & Freeman, "80 Million Tiny Images", PAMI 2008, who found duplicates by comparing such
-thumbnails) and a perceptual hash. The perceptual hash is pHash (Zauner, "Implementation and Benchmarking of Perceptual Image Hash
-Functions", 2010; the variant of the ``imagehash`` package): the signs of the 8x8 lowest frequencies
-of the 2-D DCT of a 32x32 grey thumbnail against their median. Re-encoding, resizing, small crops and
+thumbnails) and a perceptual hash. The perceptual hash is pHash (Zauner, "Implementation and Benchmarking of
+Perceptual Image Hash Functions", 2010; the variant of the ``imagehash`` package): the signs of the 8x8 lowest
+frequencies of the 2-D DCT of a 32x32 grey thumbnail against their median. Re-encoding, resizing, small crops and
 brightness changes move few of its 64 bits.
 """
 
@@ -76,13 +76,15 @@ _NO_TINY = np.zeros((TINY_SIDE, TINY_SIDE, 3), dtype=np.uint8)
 
 def phash(gray: np.ndarray) -> int:
     """64-bit pHash of a 2-D grey array (any size; it is resampled to 32x32)."""
-    small = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F").resize((_HASH_SIDE, _HASH_SIDE), Image.BOX))
+    small = np.asarray(
+        Image.fromarray(gray.astype(np.float32), mode="F").resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.BOX)
+    )
     low = dctn(small, norm="ortho")[:_HASH_LOW, :_HASH_LOW]
     bits = (low > np.median(low)).ravel()
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def describe(rgb: np.ndarray) -> dict[str, float]:
+def describe(rgb: np.ndarray) -> dict[str, float | np.ndarray]:
     """Light and texture statistics, pHash and 16x16 thumbnail of an (H, W, 3) uint8 image."""
     x = rgb.astype(np.float32) / 255.0
     luma = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -95,7 +97,7 @@ def describe(rgb: np.ndarray) -> dict[str, float]:
         "saturation": float(saturation.mean()),
         "sharpness": float(lap.mean()) if lap.size else 0.0,
         "phash": phash(luma),
-        "tiny": np.asarray(Image.fromarray(rgb).resize((TINY_SIDE, TINY_SIDE), Image.BOX)),
+        "tiny": np.asarray(Image.fromarray(rgb).resize((TINY_SIDE, TINY_SIDE), Image.Resampling.BOX)),
     }
 
 

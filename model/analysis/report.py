@@ -199,8 +199,8 @@ def _distribution(f: Findings) -> str:
     rows = []
     for head in schema.heads:
         h, t = dist["heads"][head.name], dist["trainer"]["heads"][head.name]
-        for c in head.classes:
-            rows.append((head.name, c, h["counts"][c], f"{h['shares'][c]:.1%}", t["kept"][c], t["class_weights"][c]))
+        for k in head.classes:
+            rows.append((head.name, k, h["counts"][k], f"{h['shares'][k]:.1%}", t["kept"][k], t["class_weights"][k]))
     ratios = ", ".join(
         f"{n}: {_fmt(h['imbalance_ratio'])}" + (f" (absent: {', '.join(h['absent'])})" if h["absent"] else "")
         for n, h in dist["heads"].items()
@@ -389,7 +389,9 @@ def _classes(f: Findings, thumbs: _Thumbnails) -> str:
     for j, head in enumerate(f.data.schema.heads):
         for c, name in enumerate(head.classes):
             members = np.flatnonzero(f.usable & (f.labels[:, j] == c))
-            pick = rng.choice(members, size=min(PER_CLASS, len(members)), replace=False) if len(members) else []
+            pick: np.ndarray | list[int] = (
+                rng.choice(members, size=min(PER_CLASS, len(members)), replace=False) if len(members) else []
+            )
             parts.append(
                 f"<h3>{_e(head.name)} = {_e(name)} ({len(members)})</h3>"
                 + thumbs.grid((int(i), _e(f.keys[i])) for i in pick)

@@ -55,7 +55,7 @@ class DecodedImages:
         return {"path": str(self.path)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        DecodedImages.__init__(self, state["path"])
 
     @classmethod
     def decode(

@@ -35,6 +35,7 @@ class Backbone(nn.Module):
     embedding_dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    net: nn.Module  # the wrapped library model, whose state dict a weights file holds
 
     def stage_groups(self) -> list[nn.Module]:
         """Modules of the four stage groups, from the input side to the output side."""
@@ -48,8 +49,20 @@ class Backbone(nn.Module):
         """Remove the 1000-class classifier, which our heads replace, so checkpoints stay small."""
         raise NotImplementedError
 
+    def load_imagenet(self) -> None:
+        """Load ImageNet weights into ``net``."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _stage_out_channels(stage: nn.Module) -> int:
+    """Output channels of one of timm's EfficientNet stages: those of its last block's pointwise projection."""
+    assert isinstance(stage, nn.Sequential)
+    conv = stage[-1].conv_pwl
+    assert isinstance(conv, nn.Conv2d)
+    return conv.out_channels
 
 
 class EfficientNetLite0(Backbone):
@@ -63,10 +76,13 @@ class EfficientNetLite0(Backbone):
     def __init__(self) -> None:
         super().__init__()
         import timm
+        from timm.models.efficientnet import EfficientNet
 
-        self.net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
-        chs = [self.net.blocks[i][-1].conv_pwl.out_channels for i in self._stage_ends]
-        self.stage_channels = tuple(chs)  # (24, 40, 112, 320)
+        net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+        assert isinstance(net, EfficientNet)  # create_model is typed as returning any nn.Module
+        self.net: EfficientNet = net
+        chs = [_stage_out_channels(self.net.blocks[i]) for i in self._stage_ends]
+        self.stage_channels = (chs[0], chs[1], chs[2], chs[3])  # (24, 40, 112, 320)
         self.embedding_dim = self.net.num_features  # 1280, after conv_head
 
     def stage_groups(self) -> list[nn.Module]:
@@ -125,9 +141,9 @@ class ResNet18(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet18
+        from torchvision.models import ResNet, resnet18
 
-        self.net = resnet18(weights=None)
+        self.net: ResNet = resnet18(weights=None)
 
     def stage_groups(self) -> list[nn.Module]:
         n = self.net
@@ -168,7 +184,8 @@ _REGISTRY: dict[str, type[Backbone]] = {"efficientnet_lite0": EfficientNetLite0,
 
 
 def build_backbone(name: str = "efficientnet_lite0", weights: str | Path | None = "imagenet") -> Backbone:
-    """Build a backbone; ``weights`` is ``"imagenet"``, a local weights file, or None (random, for loading a checkpoint)."""
+    """Build a backbone; ``weights`` is ``"imagenet"``, a local weights file, or None (random, for loading a
+    checkpoint)."""
     try:
         backbone = _REGISTRY[name]()
     except KeyError:

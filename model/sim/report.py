@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from model.sim.results import SimulationResult
+    from model.sim.results import RunTrace, SimulationResult
 
 
 def curves(
@@ -117,7 +117,7 @@ def figures(result: SimulationResult) -> list[tuple[str, str]]:
     out.append(("How well each score finds the test images where some head is wrong.", _png(fig)))
     plt.close(fig)
 
-    first = {}
+    first: dict[str, RunTrace] = {}
     for t in result.traces:
         first.setdefault(t.strategy, t)
     fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 3.6), squeeze=False)

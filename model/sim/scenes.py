@@ -385,7 +385,7 @@ def _smooth_noise(rng: np.random.Generator, width: int, height: int, cells: int)
     for octave, weight in ((1, 0.7), (4, 0.3)):
         nx = max(2, cells * octave)
         grid = rng.random((max(2, round(nx * height / width) + 1), nx), dtype=np.float32)
-        out += weight * np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR))
+        out += weight * np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR))
     return out
 
 
@@ -467,17 +467,17 @@ def _light_field(canvas: _Canvas, lay: _Layout, wet: float, haze: float, sky_hor
     """
     w, h = lay.width, lay.height
     sw, sh = max(2, w // 8), max(2, h // 8)
-    small = _planar(canvas.emit_img.resize((sw, sh), Image.BOX), _EMIT_SCALE / 255.0)
+    small = _planar(canvas.emit_img.resize((sw, sh), Image.Resampling.BOX), _EMIT_SCALE / 255.0)
     field = np.zeros_like(small)
     for radius, gain in ((12 * lay.scale * (1 + 2 * haze), 1.5), (60 * lay.scale, 6.0)):
         field += gain * (_gaussian_matrix(sh, radius / 8) @ small @ _gaussian_matrix(sw, radius / 8).T)
     if wet > 0:  # lights smeared into vertical streaks, and the sky mirrored, on the road only
-        road = np.asarray(canvas.road_img.resize((sw, sh), Image.BOX), dtype=np.float32) * (wet / 255.0)
+        road = np.asarray(canvas.road_img.resize((sw, sh), Image.Resampling.BOX), dtype=np.float32) * (wet / 255.0)
         streaks = _gaussian_matrix(sh, 5 * lay.scale) @ small @ _gaussian_matrix(sw, 0.4).T
         field += (6.0 * streaks + 0.35 * sky_horizon) * road
     out = np.empty((3, h, w), np.float32)
     for plane, small_plane in zip(out, field):
-        plane[...] = np.asarray(Image.fromarray(small_plane).resize((w, h), Image.BILINEAR))
+        plane[...] = np.asarray(Image.fromarray(small_plane).resize((w, h), Image.Resampling.BILINEAR))
     return out
 
 

@@ -81,7 +81,7 @@ class SimulationData:
     def from_examples(
         cls,
         data: ExampleSet,
-        truth: dict[str, tuple[int, ...]] | None,
+        truth: dict[str, tuple[int | None, ...]] | None,
         pool_size: int | None = None,
         test_size: int | None = None,
     ) -> SimulationData:
@@ -519,6 +519,7 @@ class _Run:
 
     def reveal(self) -> None:
         """The simulated annotator labels the last plan's picks: manual ones train, audited ones calibrate."""
+        assert self.pending is not None, "reveal() follows cycle(), which sets the plan's picks"
         manual, audit, draw = self.pending
         self.train_ids += [int(i) for i in manual]
         self.audit_ids += [int(i) for i in audit]

@@ -123,7 +123,9 @@ def run_inference(
 
     Unreadable images go to ``failures``. A persistent loader can be passed again and again.
     """
-    examples: list[Example] = loader.dataset.examples
+    dataset = loader.dataset
+    assert isinstance(dataset, ImageDataset)  # an inference_loader's
+    examples: list[Example] = dataset.examples
     device = next(model.parameters()).device
     schema = model.schema
     probs: dict[str, list[np.ndarray]] = {h: [] for h in schema.head_names}

@@ -260,7 +260,7 @@ def train(
         pct_start=0.15,
     )
     history: list[dict[str, Any]] = []
-    best_state = None
+    best_state: dict[str, Any] | None = None
     skipped: dict[str, str] = {}
     detach_epoch = int(math.ceil(config.detach_after * epochs))
     stopper = EarlyStopping(first=min(detach_epoch, epochs - 1), patience=patience)
@@ -290,6 +290,8 @@ def train(
             len(skipped),
             "; ".join(f"{k}: {r}" for k, r in list(skipped.items())[:10]),
         )
+    if best_state is None:  # every epoch's score was NaN (a diverged loss with no validation split)
+        raise RuntimeError("training found no best epoch: the score was NaN in every epoch")
     net.load_state_dict(best_state)
     net.eval()
     val_result = run_inference(net, val_loader) if len(val_set.examples) else None
