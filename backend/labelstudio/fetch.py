@@ -146,48 +146,71 @@ def _touch(path: Path) -> bool:
 
 
 class _ConnectionBox:
-    """The connection a fetch is using and whether its deadline passed; shared with the deadline's timer thread."""
+    """The sockets a fetch is using and whether its deadline passed; shared with the deadline's timer thread.
+
+    A socket is watched through a duplicate of its descriptor from the moment it is connected: a TLS
+    handshake runs on a descriptor that Python's ``ssl`` has moved out of the socket urllib3 holds, so
+    shutting down that socket would not stop a server trickling its handshake. ``shutdown`` on the
+    duplicate stops the one connection behind both.
+    """
 
     def __init__(self) -> None:
-        self.connection: object = None  # a urllib3 HTTPConnection; its .sock exists once connected
+        self.connection: object = None  # a urllib3 HTTPConnection taken from the pool; its .sock is connected
         self.expired = threading.Event()
+        self._sockets: list[socket.socket] = []  # duplicates of the sockets this fetch connected, ours to close
+        self._lock = threading.Lock()  # cut and close never overlap: a closed descriptor's number may be reused
 
     def use(self, connection: object) -> None:
-        """Note the connection; one made after the deadline passed (a slow connect) is cut at once."""
+        """Note a pooled connection the fetch sends on; one noted after the deadline passed is cut at once."""
         self.connection = connection
         if self.expired.is_set():
             self.cut()
 
+    def watch(self, sock: socket.socket) -> None:
+        """Note a socket just connected, before any TLS handshake; one connected after the deadline is cut at once."""
+        with self._lock:
+            self._sockets.append(sock.dup())
+        if self.expired.is_set():
+            self.cut()
+
     def cut(self) -> None:
-        """Mark the deadline passed and shut the socket down: a read waiting on it fails at once."""
+        """Mark the deadline passed and shut the sockets down: a read or handshake waiting on them fails at once."""
         self.expired.set()
-        sock = getattr(self.connection, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
+        with self._lock:
+            for sock in [getattr(self.connection, "sock", None), *self._sockets]:
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed
+
+    def close(self) -> None:
+        """Close the duplicates (the connections themselves stay urllib3's)."""
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
 
 
 _current = threading.local()  # .box: the _ConnectionBox of the fetch running in this thread, if any
 
 
 class _Announced:
-    """A urllib3 connection that tells the running fetch about itself once connected and as it sends."""
+    """A urllib3 connection that tells the running fetch about its socket once connected, and about itself as
+    it sends (a connection reused from the pool connects no new socket)."""
 
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        _announce(self)
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        box = getattr(_current, "box", None)
+        if box is not None:
+            box.watch(sock)
+        return sock
 
     def request(self, *args, **kwargs):
-        _announce(self)
+        box = getattr(_current, "box", None)
+        if box is not None:
+            box.use(self)
         return super().request(*args, **kwargs)
-
-
-def _announce(connection: object) -> None:
-    box = getattr(_current, "box", None)
-    if box is not None:
-        box.use(connection)
 
 
 class _HTTPConnection(_Announced, HTTPConnection):
@@ -216,11 +239,11 @@ class _DeadlineAdapter(HTTPAdapter):
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[threading.Event]:
-    """One wall-clock limit for a whole download, response headers included.
+    """One wall-clock limit for a whole download, TLS handshake and response headers included.
 
-    requests' timeouts bound each socket read, so a server sending one header byte a second never trips
-    them. At the deadline a timer shuts down the socket of the connection the fetch is using; whatever
-    read was waiting then fails at once. The event it yields says whether that happened.
+    requests' timeouts bound each socket read (a handshake, the connect timeout), so a server sending one
+    header byte a second never trips them. At the deadline a timer shuts down the sockets the fetch is
+    using; whatever read was waiting then fails at once. The event it yields says whether that happened.
     """
     box = _ConnectionBox()
     timer = threading.Timer(seconds, box.cut)
@@ -232,6 +255,7 @@ def _deadline(seconds: float) -> Iterator[threading.Event]:
     finally:
         timer.cancel()
         _current.box = None
+        box.close()
 
 
 class ImageFetcher:
@@ -300,7 +324,8 @@ class ImageFetcher:
             return None
         if not _TOKEN_RE.fullmatch(token):
             raise FetchError(
-                "the Label Studio token contains spaces or non-printable characters; copy it again from Account & Settings"
+                "the Label Studio token contains spaces or non-printable characters; "
+                "copy it again from Account & Settings"
             )
         return f"Bearer {token}" if token.count(".") == 2 else f"Token {token}"
 
@@ -430,7 +455,10 @@ class ImageFetcher:
     def _status_message(self, url: str, status: int, credentials: bool) -> str:
         message = f"{url!r}: HTTP {status}"
         if status in (401, 403) and credentials:
-            message += " from Label Studio: check LABEL_STUDIO_API_KEY (a legacy token needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN)"
+            message += (
+                " from Label Studio: check LABEL_STUDIO_API_KEY "
+                "(a legacy token needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN)"
+            )
         elif status == 404 and credentials and "/data/local-files" in url:
             message += ": the project needs a Local Storage that contains this file"
         return message

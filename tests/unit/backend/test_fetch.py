@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -521,6 +522,37 @@ def test_a_deadline_passing_during_a_slow_connect_still_cuts_the_headers(tmp_pat
     with pytest.raises(FetchError, match="took over 0.5 s"):
         _fetcher(tmp_path, None, deadline=0.5, timeout=5.0).fetch(f"{other.url}/trickle-headers")
     assert time.monotonic() - started < 3.0
+
+
+@pytest.fixture
+def trickling_tls():
+    """An https origin whose TLS handshake never ends: a record header promising 16 KiB, then a byte every 0.1 s."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                conn.recv(4096)  # the client's hello
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB follows ...
+                while not stop.wait(0.1):
+                    conn.sendall(b"\x02")  # ... one byte at a time
+            except OSError:
+                pass  # the client gave up, as it should
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+def test_a_server_trickling_its_tls_handshake_is_cut_at_the_deadline(tmp_path, trickling_tls):
+    """The timer shut down a socket whose descriptor ssl had taken over: the handshake ran on to the 5 s timeout."""
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="took over 1.0 s"):
+        _fetcher(tmp_path, None, deadline=1.0, timeout=5.0).fetch(f"{trickling_tls}/x.jpg")
+    assert time.monotonic() - started < 2.5
 
 
 # --- local files: exactly the file named, read through one descriptor (issue 11 item 15) ----------
