@@ -12,6 +12,7 @@ it holds its project's lock (``RunLease``).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import zlib
@@ -64,13 +65,21 @@ def train_project(project_id: int) -> dict[str, Any]:
     try:
         summary = run_cycle(pid, settings, store, broker, lease.check)
         _count_run(store, pid, summary.get("result", "done"))
+        log_cycle(pid, job_id, summary)
         return summary
-    except Exception:
+    except Exception as exc:
         if not lease.lost.is_set():
             _count_run(store, pid, "failed")
+        log_cycle(pid, job_id, {"result": "lock_lost" if lease.lost.is_set() else "failed", "error": repr(exc)[:500]})
         raise
     finally:
         lease.stop()
+
+
+def log_cycle(pid: str, job_id: str | None, summary: dict[str, Any]) -> None:
+    """One line per run, ``cycle {json}``: outcome, bands, certificate and timings as fields to grep or ship."""
+    record = {"project": int(pid), "job": job_id, **summary}
+    logger.info("cycle %s", json.dumps(record, sort_keys=True, default=str))
 
 
 def run_cycle(

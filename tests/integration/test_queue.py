@@ -106,3 +106,23 @@ def test_a_run_dropped_when_another_already_waits(broker):
     assert broker.defer_run("5", "train-5-stray") is None
     assert len(waiting_jobs(broker)) == 1
     running.release()
+
+
+def test_each_run_logs_one_json_line_a_lead_can_grep(broker, caplog, monkeypatch):
+    """Issue 12: the cycle summary as one JSON object per run in the worker's log (here a run that fails at once,
+    since no Label Studio token is set: the failure is logged the same way)."""
+    import json
+    import logging
+
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_ACCESS_TOKEN", raising=False)
+    assert broker.request_training("5", "START_TRAINING") == "queued"
+    job_id = waiting(broker)
+    with caplog.at_level(logging.INFO, logger="backend.worker.cycle"):
+        work(broker)
+    messages = [r.getMessage() for r in caplog.records if r.name == "backend.worker.cycle"]
+    lines = [m for m in messages if m.startswith("cycle ")]
+    assert len(lines) == 1
+    record = json.loads(lines[0].removeprefix("cycle "))
+    assert record["project"] == 5 and record["job"] == job_id and record["result"] == "failed"
+    assert "LABEL_STUDIO_API_KEY" in record["error"]
