@@ -402,7 +402,10 @@ class ImageFetcher:
         return target
 
     def _outside(self, url: str) -> FetchError:
-        return FetchError(f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root})")
+        return FetchError(
+            f"refusing {_shown(url)}: it points outside LOCAL_FILES_DOCUMENT_ROOT ({self.document_root}) "
+            "or is no file name (a NUL byte)"
+        )
 
     def cache_path(self, url: str, suffix: str | None = None) -> Path:
         """Where the download of absolute ``url`` is cached: the URL's SHA-256 plus its file suffix."""

@@ -178,15 +178,17 @@ def annotation_choices(annotation: dict[str, Any] | None, schema: LabelSchema) -
 
 
 def resolve_local_url(url: str, root: Path) -> Path | None:
-    """Map ``/data/local-files/?d=rel`` or a relative path to a file under ``root``; None if it escapes root.
+    """Map ``/data/local-files/?d=rel`` or a relative path to a file under ``root``; None if it escapes root
+    or names no possible file (a NUL byte: a task's URL is input, and one bad task must not stop training).
 
-    ``?d=`` is read as Label Studio reads it (the query parameter, percent-decoded). A plain path is taken
-    as it is written: it is not a URL, and a URL parser would cut ``img;v1.jpg`` at the ``;``. Like Label
-    Studio, ``..`` is collapsed on the text (``normpath``) before the file system is asked, so
-    ``link/../a.jpg`` names the ``a.jpg`` Label Studio serves, not one beside the link's target.
+    ``?d=`` is read as Label Studio reads it (Django's ``request.GET.get('d')``: percent-decoded, and the
+    last one when there are several). A plain path is taken as it is written: it is not a URL, and a URL
+    parser would cut ``img;v1.jpg`` at the ``;``. Like Label Studio, ``..`` is collapsed on the text
+    (``normpath``) before the file system is asked, so ``link/../a.jpg`` names the ``a.jpg`` Label Studio
+    serves, not one beside the link's target.
     """
     if url.startswith("/data/local-files"):
-        rel = (parse_qs(urlsplit(url).query).get("d") or [""])[0]
+        rel = (parse_qs(urlsplit(url).query, keep_blank_values=True).get("d") or [""])[-1]
     elif url.startswith("file:"):
         parsed = urlsplit(url)
         if parsed.netloc:
@@ -196,6 +198,8 @@ def resolve_local_url(url: str, root: Path) -> Path | None:
         return None
     else:
         rel = url
+    if "\0" in rel:
+        return None
     candidate = (root / posixpath.normpath(rel).lstrip("/")).resolve()
     if not candidate.is_relative_to(root.resolve()):
         return None

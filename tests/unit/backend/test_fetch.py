@@ -574,6 +574,23 @@ def test_dot_dot_after_a_symlinked_folder_names_the_file_label_studio_serves(tmp
     assert path.read_bytes() == BODY
 
 
+def test_of_several_d_parameters_the_last_names_the_file_as_in_label_studio(tmp_path, root):
+    """Label Studio reads ``request.GET.get('d')``, Django's last value; the first was read, another file."""
+    (root / "imgs" / "first.jpg").write_bytes(b"the wrong file")
+    url = "/data/local-files/?d=imgs/first.jpg&d=imgs/good.jpg"
+    assert _fetcher(tmp_path, None, document_root=root).fetch(url).read_bytes() == BODY
+
+
+@pytest.mark.parametrize("url", ["imgs/go\0od.jpg", "/data/local-files/?d=imgs/go%00od.jpg"])
+def test_a_nul_byte_names_no_file_for_training_or_prediction(tmp_path, root, url):
+    """Training resolves a task's URL with resolve_local_url, which raised on a NUL: one task stopped the run."""
+    from model.data.examples import resolve_local_url
+
+    assert resolve_local_url(url, root) is None
+    with pytest.raises(FetchError, match="no file name"):
+        _fetcher(tmp_path, None, document_root=root).fetch(url)
+
+
 def test_a_symlink_swapped_in_after_the_check_cannot_redirect_the_read(tmp_path, root, monkeypatch):
     """The check and the read used to be two lookups of one path: a swap between them read another file."""
     import backend.labelstudio.fetch as fetch
