@@ -117,7 +117,8 @@ def _cmd_connect(args: argparse.Namespace) -> None:
     auth = (s.basic_auth_user, s.basic_auth_pass) if s.basic_auth_enabled else None
     out = connect(args.url, args.api_key, args.project, args.backend_url, args.title, args.local_storage, auth)
     print(
-        f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, uniform sampling until the first model"
+        f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, "
+        "uniform sampling until the first model"
     )
 
 
@@ -129,7 +130,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         key = os.environ.get("LABEL_STUDIO_API_KEY")
         if not key or not args.document_root:
             raise model_cli.UsageError(
-                "--label-studio-url needs LABEL_STUDIO_API_KEY (its token) and --document-root (its LOCAL_FILES_DOCUMENT_ROOT)"
+                "--label-studio-url needs LABEL_STUDIO_API_KEY (its token) "
+                "and --document-root (its LOCAL_FILES_DOCUMENT_ROOT)"
             )
         label_studio = RunningLabelStudio(args.label_studio_url.rstrip("/"), key, args.document_root.resolve())
     run_demo(
@@ -156,7 +158,8 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
     if not args.record:
         for r in list_accepts(store, str(args.project)):
             print(
-                f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}"
+                f"{r['id']}  version {r['version']}  {len(r['task_ids'])} tasks  "
+                f"bound {r['certified_lower_bound']}  {'undone' if r['undone'] else ''}"
             )
         return
     ls = LabelStudioProject(s.label_studio_url, s.label_studio_api_key or "", args.project)

@@ -346,7 +346,8 @@ def _run_demo(
             annotator.label(queue + audit)
             runs = finished_runs(models, project)
             print(
-                f"cycle {c}: the simulated annotator labeled {len(queue)} queued and {len(audit)} audit tasks; retraining ..."
+                f"cycle {c}: the simulated annotator labeled {len(queue)} queued "
+                f"and {len(audit)} audit tasks; retraining ..."
             )
             ls.ml.train(id=ml.id)
             version = wait_for_run(ls, project, models, runs)
@@ -361,7 +362,8 @@ def _run_demo(
         print(f"\nLabel Studio: {url}\nlogin: {login}")
         if wait:
             print(
-                "Open the project, pick the 'Active learning queue' tab and click 'Label All Tasks'. Ctrl-C stops everything."
+                "Open the project, pick the 'Active learning queue' tab and click 'Label All Tasks'. "
+                "Ctrl-C stops everything."
             )
             while True:
                 time.sleep(3600)
@@ -412,7 +414,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'cycle':>5} {'version':<22} {'by people':>9} {'by model':>9} {'precision':>9} {'macro-F1':>8}")
     for r in rows:
         print(
-            f"{r['cycle']:>5} {r['version']:<22} {r['human']:>9} {r['machine']:>9} {r['precision']:>9.3f} {r['macro_f1']:>8.3f}"
+            f"{r['cycle']:>5} {r['version']:<22} {r['human']:>9} {r['machine']:>9} "
+            f"{r['precision']:>9.3f} {r['macro_f1']:>8.3f}"
         )
 
 

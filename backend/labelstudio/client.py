@@ -167,7 +167,8 @@ class LabelStudioProject:
     def __init__(self, url: str, api_key: str, project_id: int) -> None:
         if not api_key:
             raise LabelStudioError(
-                "LABEL_STUDIO_API_KEY is not set; the worker needs a token to read annotations (Account & Settings > Access Token)"
+                "LABEL_STUDIO_API_KEY is not set; the worker needs a token to read annotations "
+                "(Account & Settings > Access Token)"
             )
         self.url = url.rstrip("/")
         # max_retries=0: ``retry`` is the one retry policy, so a call's requests stay bounded (see there)

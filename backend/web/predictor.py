@@ -60,7 +60,8 @@ class Predictor:
         if schema is not None and schema.heads != model.schema.heads:
             raise SchemaMismatch(
                 f"project {project}'s label config has heads {[(h.name, h.classes) for h in schema.heads]} but model "
-                f"{model.version} was trained for {[(h.name, h.classes) for h in model.schema.heads]}; retrain (Start Training)"
+                f"{model.version} was trained for {[(h.name, h.classes) for h in model.schema.heads]}; "
+                "retrain (Start Training)"
             )
         version = model.version
         items: list[Any] = [None] * len(tasks)

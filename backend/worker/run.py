@@ -37,6 +37,7 @@ def work(settings: Settings | None = None, burst: bool = False) -> None:
 
 
 def quiet_maintenance(record: logging.LogRecord) -> bool:
-    """Keep RQ's "cleaning registries" lines out of a log above DEBUG: with maintenance every minute they would fill it."""
+    """Keep RQ's "cleaning registries" lines out of a log above DEBUG: with maintenance every minute they
+    would fill it."""
     noisy = "cleaning" in str(record.msg) and "registries" in str(record.msg)
     return not noisy or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
