@@ -77,7 +77,8 @@ def main() -> None:
     print(
         f"\n# synthetic scenes seed 0: {args.n_train} train ({result.model.meta['n_train']} after the split and "
         f"undersampling), {len(scored)} held out; {config.backbone} at {args.image_size} px, "
-        f"{result.model.meta['trainable_stages']} stage(s) trainable, {epochs_run} epoch(s) (best {result.model.metrics['best_epoch']}); "
+        f"{result.model.meta['trainable_stages']} stage(s) trainable, {epochs_run} epoch(s) "
+        f"(best {result.model.metrics['best_epoch']}); "
         f"training {train_s / 60:.1f} min, scoring {len(scored) / score_s:.0f} img/s"
     )
     rows = []

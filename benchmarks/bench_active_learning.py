@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--calibration-labels",
         choices=("annotator", "truth"),
         default="truth",
-        help="labels the holdout and audits reveal (default truth: a careful reviewer; see the note printed at the end)",
+        help=(
+            "labels the holdout and audits reveal (default truth: a careful reviewer; see the note printed at the end)"
+        ),
     )
     p.add_argument("--draws", type=int, default=20, help="repeated audit draws of the honest-certification check")
     p.add_argument(
@@ -252,46 +254,54 @@ def render(
     lines += [
         "## Label efficiency (mean macro-F1 over heads and seeds)",
         "",
-        "| strategy | final macro-F1 | labels to reach random's final | % of random's labels | worst gap vs random (points, cycle) |",
+        "| strategy | final macro-F1 | labels to reach random's final | % of random's labels "
+        "| worst gap vs random (points, cycle) |",
         "|---|---|---|---|---|",
     ]
     for e in eff:
+        needed = _f(e["labels_needed"], ".0f") if e["labels_needed"] is not None else "not reached"
         lines.append(
-            f"| {e['strategy']} | {e['final_macro_f1']:.3f} | {_f(e['labels_needed'], '.0f') if e['labels_needed'] is not None else 'not reached'} "
+            f"| {e['strategy']} | {e['final_macro_f1']:.3f} | {needed} "
             f"| {_f(e['pct_of_random'], '.0f')}% | {e['worst_gap_points']:+.1f} (cycle {e['worst_gap_cycle']}) |"
         )
     lines += [
         "",
         "## Automatic annotation after the last cycle",
         "",
-        "| strategy | seed | remaining pool | auto-labeled | share | precision (calibration labels' source) | precision vs annotator | precision vs truth | threshold | bound |",
+        "| strategy | seed | remaining pool | auto-labeled | share | precision (calibration labels' source) "
+        "| precision vs annotator | precision vs truth | threshold | bound |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in finals:
         own = r["precision_truth"] if settings["calibration_labels"] == "truth" else r["precision_labels"]
         lines.append(
-            f"| {r['strategy']} | {r['seed']} | {r['pool_remaining']} | {r['automatic']} | {_f(r['auto_share'])} | {_f(own)} "
-            f"| {_f(r['precision_labels'])} | {_f(r['precision_truth'])} | {_f(r['threshold'], '.4g')} | {_f(r['lower_bound'])} |"
+            f"| {r['strategy']} | {r['seed']} | {r['pool_remaining']} | {r['automatic']} | {_f(r['auto_share'])} "
+            f"| {_f(own)} | {_f(r['precision_labels'])} | {_f(r['precision_truth'])} | {_f(r['threshold'], '.4g')} "
+            f"| {_f(r['lower_bound'])} |"
         )
     lines += [
         "",
         f"## Honest certification: {args.draws} repeated audit draws at each run's last model",
         "",
-        "| strategy | seed | draws under target | nothing certified | min precision | mean precision | min precision vs truth | mean share |",
+        "| strategy | seed | draws under target | nothing certified | min precision | mean precision "
+        "| min precision vs truth | mean share |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for h in honest:
         lines.append(
-            f"| {h['strategy']} | {h['seed']} | {h['misses']}/{h['draws']} | {h['nothing_certified']} | {_f(h['min_precision'])} "
-            f"| {_f(h['mean_precision'])} | {_f(h['min_precision_truth'])} | {_f(h['mean_share'])} |"
+            f"| {h['strategy']} | {h['seed']} | {h['misses']}/{h['draws']} | {h['nothing_certified']} "
+            f"| {_f(h['min_precision'])} | {_f(h['mean_precision'])} | {_f(h['min_precision_truth'])} "
+            f"| {_f(h['mean_share'])} |"
         )
     if rates:
         lines += [
             "",
-            f"## Miss rate over {args.rate_draws} audit draws at each run's last model: of all draws / of those that certified",
+            f"## Miss rate over {args.rate_draws} audit draws at each run's last model: "
+            "of all draws / of those that certified",
             "",
-            f"The bound promises a miss rate of at most delta ({settings['delta']}) over all draws. 'uniform' draws the same "
-            "number of audit labels from the whole unlabeled pool instead of each cycle's candidates.",
+            f"The bound promises a miss rate of at most delta ({settings['delta']}) over all draws. "
+            "'uniform' draws the same number of audit labels from the whole unlabeled pool instead of each cycle's "
+            "candidates.",
             "",
             "| strategy | seed | audits as run | uniform audits |",
             "|---|---|---|---|",

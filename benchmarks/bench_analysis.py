@@ -146,7 +146,8 @@ def main() -> None:
         )
     found = result.summary
     print(
-        f"found: {found['duplicates']['n_exact_groups']} exact / {found['duplicates']['n_near_groups']} near duplicate groups, "
+        f"found: {found['duplicates']['n_exact_groups']} exact / "
+        f"{found['duplicates']['n_near_groups']} near duplicate groups, "
         f"{found['label_problems']['n_flagged']} flagged labels (synthetic label noise 2%)"
     )
     (directory / "analysis" / "bench.json").write_text(

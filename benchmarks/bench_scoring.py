@@ -81,7 +81,8 @@ def backbone_rate(model: TrainedModel, n: int, batch_size: int, image_size: int)
 def pipeline_rate(
     model: TrainedModel, examples, batch_size: int, workers: int, decoded: DecodedImages | None = None
 ) -> tuple[float, float]:
-    """(images/s, CPU ms/image) of TrainedModel.score on the files (or ``decoded``), worker start-up included (as in real use)."""
+    """(images/s, CPU ms/image) of TrainedModel.score on the files (or ``decoded``), worker start-up included (as in
+    real use)."""
     t0, c0 = time.perf_counter(), _cpu_seconds()
     result = model.score(examples, batch_size=batch_size, workers=workers, decoded=decoded)
     elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - c0

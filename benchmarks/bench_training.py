@@ -119,7 +119,8 @@ def main() -> None:
     if not args.skip_memory:
         maxrss, tree, wall = peak_memory(manifest, args.image_size, args.epochs)
         print(
-            f"\n# `weather-al train` on {args.n_memory} images at {args.image_size} px, {args.epochs} epoch(s), {wall:.0f} s"
+            f"\n# `weather-al train` on {args.n_memory} images at {args.image_size} px, {args.epochs} epoch(s), "
+            f"{wall:.0f} s"
         )
         rows = [["ru_maxrss of children (largest process)", maxrss, "yes" if maxrss < TARGET_GB else "NO"]]
         rows.append(
@@ -136,7 +137,8 @@ def main() -> None:
     for stages in (int(s) for s in args.stages.split(",")):
         rows.append([f"{stages} stage(s) trainable", *throughput(small, args.image_size, args.batch_size, stages)])
     print(
-        f"\n# training throughput, {args.n_throughput} images at {args.image_size} px, batch {args.batch_size} (one epoch, real loop)"
+        f"\n# training throughput, {args.n_throughput} images at {args.image_size} px, batch {args.batch_size} "
+        "(one epoch, real loop)"
     )
     print(table(["unfreezing stage", "images/s", "CPU ms/image"], rows))
 
