@@ -31,7 +31,8 @@ from typing import Any
 import redis
 
 from backend.queue import KEY
-from model.nn.checkpoint import META_FILE, METRICS_FILE, TrainedModel, write_json_atomic
+from model.atomic import write_json_atomic, write_text_atomic
+from model.nn.checkpoint import META_FILE, METRICS_FILE, TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -417,12 +418,6 @@ class ModelStore:
         d = self.project_dir(project) / kind
         d.mkdir(exist_ok=True)
         return d
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _parse_object(

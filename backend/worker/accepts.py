@@ -14,7 +14,7 @@ from typing import Any
 
 from backend.labelstudio.predictions import read_calibration
 from backend.store import ACCEPTS, ModelStore
-from model.nn.checkpoint import write_json_atomic
+from model.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

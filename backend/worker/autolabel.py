@@ -31,7 +31,7 @@ from backend.labelstudio.client import (
 from backend.store import ModelStore
 from backend.worker.accepts import ACCEPTS, edited_by_a_person, list_accepts, write_accept_record
 from model.al.certify import Certificate
-from model.nn.checkpoint import write_json_atomic
+from model.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 from backend.queue import Broker
 from backend.settings import Settings, get_settings
 from backend.store import ModelStore
+from model.atomic import write_atomic, write_json_atomic
 from model.data.examples import Example
-from model.nn.checkpoint import write_json_atomic
 from model.training.scoring import ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -80,16 +80,18 @@ def score_chunks(project_id: int, version: str, broker: Broker | None = None, wa
 
 
 def _save_chunk(path: Path, res: ScoreResult) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(
-        tmp,
-        keys=np.array(res.keys),
-        predicted_loss=res.predicted_loss,
-        embeddings=res.embeddings,
-        failures=np.array(json.dumps(res.failures)),
-        **{f"probs__{h}": p for h, p in res.probs.items()},
-    )
-    tmp.replace(path)
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a temporary file's name
+            np.savez(
+                fh,
+                keys=np.array(res.keys),
+                predicted_loss=res.predicted_loss,
+                embeddings=res.embeddings,
+                failures=np.array(json.dumps(res.failures)),
+                **{f"probs__{h}": p for h, p in res.probs.items()},
+            )
+
+    write_atomic(path, save)
 
 
 def _merge_chunks(store: ModelStore, pid: str, version: str, n: int) -> ScoreResult:

@@ -37,7 +37,7 @@ from backend.worker.promotion import should_promote
 from model.al.cycle import is_calibration_holdout, plan_cycle
 from model.al.strategies import PoolView
 from model.data.examples import Example, ExampleSet
-from model.nn.checkpoint import write_json_atomic
+from model.atomic import write_json_atomic
 from model.schema import LabelSchema
 from model.training.trainer import TrainConfig, train
 

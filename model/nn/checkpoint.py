@@ -9,8 +9,6 @@ place, ``meta.json`` last, so a reader never sees half a checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.atomic import write_atomic, write_json_atomic
 from model.data.examples import Example
 from model.nn.backbones import build_backbone
 from model.nn.network import MultiHeadNet
@@ -76,7 +75,7 @@ class TrainedModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
-        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        write_atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
         write_json_atomic(directory / METRICS_FILE, self.metrics)
         write_json_atomic(directory / META_FILE, self.meta)
         return directory
@@ -97,22 +96,3 @@ class TrainedModel:
         metrics_path = directory / METRICS_FILE
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         return cls(net=net, meta=meta, metrics=metrics)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8"))
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; a web process under another user must read it
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
