@@ -570,7 +570,9 @@ def _cache_files(folder: Path) -> list[tuple[float, int, Path]]:
 def _prune(folder: Path, keep: int, pinned: set[Path]) -> int:
     """Remove the least recently used files not ``pinned`` until ``folder`` holds at most ``keep`` bytes.
 
-    Returns the size left, which stays over ``keep`` while pinned files alone exceed it."""
+    Returns the size left, which stays over ``keep`` while pinned files alone exceed it, or files this
+    process may not remove (another user's, in a folder with the sticky bit): pruning must never fail the
+    fetch that triggered it, whose image is already saved."""
     files = sorted(_cache_files(folder))
     total = sum(size for _, size, _ in files)
     removed = 0
@@ -579,7 +581,16 @@ def _prune(folder: Path, keep: int, pinned: set[Path]) -> int:
             break
         if path in pinned:
             continue
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning(
+                "image cache %s: cannot remove %s (%s); give both processes' users write access",
+                folder,
+                path.name,
+                exc.strerror or exc,
+            )
+            continue
         total -= size
         removed += 1
     logger.info("image cache %s: removed the %d least recently used file(s); %d bytes remain", folder, removed, total)

@@ -651,6 +651,21 @@ def test_a_live_fetcher_s_files_are_not_pruned_under_it(tmp_path, other, root):
     assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= len(BODY) * 2  # unpinned: pruned
 
 
+def test_a_cache_file_that_cannot_be_removed_does_not_fail_the_fetch(tmp_path, other, monkeypatch, caplog):
+    """Pruning another user's file (a sticky folder) raised PermissionError out of fetch: a 500 in /predict."""
+    others = {_fetcher(tmp_path, None).fetch(f"{other.url}/img/{i}.jpg") for i in range(2)}
+    unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self in others:
+            raise PermissionError(1, "Operation not permitted")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    path = _fetcher(tmp_path, None, cache_bytes=len(BODY)).fetch(f"{other.url}/img/2.jpg")
+    assert path.read_bytes() == BODY and "cannot remove" in caplog.text
+
+
 def test_cached_files_are_readable_by_the_group(tmp_path, other):
     path = _fetcher(tmp_path, None).fetch(f"{other.url}/img/g.jpg")
     assert path.stat().st_mode & 0o777 == 0o640
