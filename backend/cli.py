@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from backend.labelstudio.client import LabelStudioError
-from backend.labelstudio.export import read_project_export
+from backend.labelstudio.export import ProjectExport, read_project_export
+from backend.settings import get_settings
 from model import cli as model_cli
 from model.schema import SchemaError
 
@@ -19,12 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weather-al", description="Active-learning image classification for Label Studio"
     )
-    parser.add_argument(
-        "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="logging level (default: LOG_LEVEL or INFO)"
-    )
+    parser.add_argument("--log-level", default=None, help="logging level (default: the LOG_LEVEL setting, INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
-    model_cli.add_commands(sub)
-    sub.choices["analyze"].set_defaults(read_project=read_project_export)  # --project reads a live project
+    model_cli.add_commands(sub, read_project=_read_live_project)
     _add_backend_commands(sub)
     return parser
 
@@ -44,10 +41,8 @@ def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("connect", help="connect a Label Studio project to this backend")
-    p.add_argument(
-        "--url", default=os.environ.get("LABEL_STUDIO_URL"), help="Label Studio URL (default: LABEL_STUDIO_URL)"
-    )
-    p.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="default: LABEL_STUDIO_API_KEY")
+    p.add_argument("--url", default=None, help="Label Studio URL (default: the LABEL_STUDIO_URL setting)")
+    p.add_argument("--api-key", default=None, help="default: the LABEL_STUDIO_API_KEY setting")
     p.add_argument("--project", required=True, type=int)
     p.add_argument(
         "--backend-url", required=True, help="the URL Label Studio reaches this backend at, e.g. http://localhost:9090"
@@ -92,7 +87,6 @@ def _add_backend_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from backend.settings import get_settings
     from backend.web.server import serve
 
     settings = get_settings()
@@ -109,13 +103,13 @@ def _cmd_worker(args: argparse.Namespace) -> None:
 
 def _cmd_connect(args: argparse.Namespace) -> None:
     from backend.labelstudio.connect import connect
-    from backend.settings import get_settings
 
-    if not args.url or not args.api_key:
-        raise model_cli.UsageError("--url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY) are required")
     s = get_settings()
+    url, api_key = args.url or s.label_studio_url, args.api_key or s.label_studio_api_key
+    if not api_key:
+        raise model_cli.UsageError("--api-key (or the LABEL_STUDIO_API_KEY setting) is required")
     auth = (s.basic_auth_user, s.basic_auth_pass) if s.basic_auth_enabled else None
-    out = connect(args.url, args.api_key, args.project, args.backend_url, args.title, args.local_storage, auth)
+    out = connect(url, api_key, args.project, args.backend_url, args.title, args.local_storage, auth)
     print(
         f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, "
         "uniform sampling until the first model"
@@ -127,7 +121,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     label_studio = None
     if args.label_studio_url:
-        key = os.environ.get("LABEL_STUDIO_API_KEY")
+        key = get_settings().label_studio_api_key
         if not key or not args.document_root:
             raise model_cli.UsageError(
                 "--label-studio-url needs LABEL_STUDIO_API_KEY (its token) "
@@ -148,7 +142,6 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_undo_accept(args: argparse.Namespace) -> None:
     from backend.labelstudio.client import LabelStudioProject
-    from backend.settings import get_settings
     from backend.store import ModelStore
     from backend.worker.accepts import list_accepts
     from backend.worker.autolabel import undo_accept
@@ -171,9 +164,30 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
         )
 
 
+def _read_live_project(url: str | None, api_key: str | None, project: int, cache_dir: Path) -> ProjectExport:
+    """``analyze --project``: a live project, with Label Studio's URL and token from the settings unless given."""
+    s = get_settings()
+    key = api_key or s.label_studio_api_key
+    if not key:
+        raise model_cli.UsageError("--project needs --api-key (or the LABEL_STUDIO_API_KEY setting)")
+    return read_project_export(url or s.label_studio_url, key, project, cache_dir)
+
+
+def _log_level(given: str | None) -> str:
+    """--log-level, else the LOG_LEVEL setting; INFO when the settings do not validate (the command then says why)."""
+    if given:
+        return given
+    try:
+        return get_settings().log_level
+    except ValueError:
+        return "INFO"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=_log_level(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per SDK request drowns the useful ones
     try:
         args.func(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ class UsageError(Exception):
     """A problem with the user's input, printed as a one-line message."""
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+#: Reads a live Label Studio project for ``analyze --project``: (url, api key, project id, image folder) -> an
+#: export with ``tasks``, ``label_config``, ``document_root`` and ``errors``. The backend offers one; model/
+#: itself knows no Label Studio API. ``url`` and ``api key`` may be None: the reader takes its own settings.
+ProjectReader = Callable[[str | None, str | None, int, Path], Any]
+
+
+def add_commands(sub: argparse._SubParsersAction, read_project: ProjectReader | None = None) -> None:
+    """The model's commands; ``read_project`` lets ``analyze --project`` read a live project (see ProjectReader)."""
     p = sub.add_parser("synth", help="write synthetic weather scenes with ground truth")
     p.add_argument(
         "--out", required=True, type=Path, help="output folder (images/, manifest.csv, truth.csv, tasks.json)"
@@ -150,20 +157,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="for an export: LOCAL_FILES_DOCUMENT_ROOT its image paths are under (default: the export's folder)",
     )
-    p.add_argument(
-        "--url",
-        default=os.environ.get("LABEL_STUDIO_URL"),
-        help="live project: Label Studio URL (default: LABEL_STUDIO_URL)",
-    )
-    p.add_argument(
-        "--api-key",
-        default=os.environ.get("LABEL_STUDIO_API_KEY"),
-        help="live project: token (default: LABEL_STUDIO_API_KEY)",
-    )
+    p.add_argument("--url", default=None, help="live project: Label Studio URL (default: the LABEL_STUDIO_URL setting)")
+    p.add_argument("--api-key", default=None, help="live project: token (default: the LABEL_STUDIO_API_KEY setting)")
     p.add_argument("--project", type=int, default=None, help="live project id, read through the SDK")
     p.add_argument("--image-size", type=int, default=None, help="embedding input size (default 128)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
-    p.set_defaults(func=cmd_analyze, read_project=None)
+    p.set_defaults(func=cmd_analyze, read_project=read_project)
 
     p = sub.add_parser(
         "tune", help="random search of training settings on the validation split; writes best_config.json"
@@ -334,14 +333,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if args.project is not None:
         if args.read_project is None:
             raise UsageError("--project reads a live project through the backend; run it as `weather-al analyze`")
-        if not args.url or not args.api_key:
-            raise UsageError("--project needs --url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
         export = args.read_project(args.url, args.api_key, args.project, args.out / "images")
         data = read_export_tasks(
             export.tasks,
             LabelSchema.from_xml(export.label_config),
             export.document_root,
-            source=f"{args.url} project {args.project}",
+            source=f"{args.url or 'Label Studio'} project {args.project}",
             errors=export.errors,
         )
     elif args.data is not None:

@@ -47,8 +47,18 @@ def read_project_export(
     label_config = ls.label_config()
     key = LabelSchema.from_xml(label_config).image_key
     tasks = ls.tasks()
-    root = document_root if document_root is not None else get_settings().local_files_document_root
-    fetcher = ImageFetcher(url, ls.download_token(), Path(cache_dir), root)
+    settings = get_settings()
+    root = document_root if document_root is not None else settings.local_files_document_root
+    # the settings' limits; no cache bound: cache_dir is the analysis's own copy of the project's images
+    fetcher = ImageFetcher(
+        url,
+        ls.download_token(),
+        Path(cache_dir),
+        root,
+        max_bytes=settings.max_image_bytes,
+        timeout=settings.fetch_timeout,
+        deadline=settings.fetch_deadline,
+    )
     wanted = [(int(t["id"]), (t.get("data") or {}).get(key)) for t in tasks]
     paths = fetch_all(fetcher, [(tid, u) for tid, u in wanted if u])
     errors = {}
