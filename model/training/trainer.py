@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -343,7 +343,9 @@ def train_one_epoch(
     device = next(net.parameters()).device
     t0 = time.perf_counter()
     net.train()
-    examples = cast(ImageDataset, loader.dataset).examples
+    dataset = loader.dataset
+    assert isinstance(dataset, ImageDataset)  # train()'s loader
+    examples = dataset.examples
     sums = {"loss": 0.0, "cls": 0.0, "rank": 0.0, "n": 0}
     for batch in loader:
         skipped.update((examples[i].key, r) for i, r in batch["failures"])
