@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +34,9 @@ from backend.dev.local_label_studio import LocalLabelStudio, start_label_studio
 from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
 from backend.labelstudio.connect import connect
 from backend.labelstudio.predictions import choices_result
+from backend.labelstudio.tasks import resolve_local_url
 from backend.queue import start_embedded_redis
 from backend.store import ModelStore
-from model.data.examples import resolve_local_url
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class Stack:
         return p
 
     def client(self) -> LabelStudio:
+        assert self.label_studio is not None, "Stack.start sets label_studio"
         return LabelStudio(base_url=self.label_studio.url, api_key=self.label_studio.token)
 
     def restart_worker(self) -> subprocess.Popen:
@@ -195,7 +196,7 @@ class Stack:
                     p.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        if self.label_studio is not None and self._owns_label_studio:
+        if isinstance(self.label_studio, LocalLabelStudio) and self._owns_label_studio:  # the one start started
             self.label_studio.stop()
         if self._redis is not None:
             self._redis.shutdown()
@@ -210,6 +211,7 @@ def create_scene_project(
     careful person would say, label noise included).
     """
     project = ls.projects.create(title=title, label_config=DEFAULT_LABEL_CONFIG.read_text())
+    assert project.id is not None  # a created project has its id
     ls.import_storage.local.create(project=project.id, path=str(scenes.resolve()), title="scenes", use_blob_urls=True)
     tasks = json.loads((scenes / "tasks.json").read_text())
     created = ls.projects.import_tasks(id=project.id, request=tasks, return_task_ids=True)
@@ -260,7 +262,7 @@ def finished_runs(model_dir: Path, project: int) -> int:
     return sum((ModelStore(model_dir).state(str(project)).get("runs") or {}).values())
 
 
-def wait_for_run(ls: LabelStudio, project: int, model_dir: Path, runs_before: int, timeout: float = 1800) -> str:
+def wait_for_run(ls: LabelStudio, project: int, model_dir: Path, runs_before: int, timeout: float = 1800) -> str | None:
     """Wait until one more training run has finished; returns the project's model version then."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -275,7 +277,8 @@ def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]
     view = next((v for v in views if (v.get("data") or {}).get("title") == title), None)
     if view is None:
         return []
-    return [as_dict(t) for t in ls.tasks.list(project=project, view=view["id"], fields="all")]
+    pages: Iterable[Any] = ls.tasks.list(project=project, view=view["id"], fields="all")  # the SDK types items Never
+    return [as_dict(t) for t in pages]
 
 
 def run_demo(
@@ -313,6 +316,7 @@ def _run_demo(
 
     """The demo after its settings: Stack.start stops what it started if it is interrupted, the rest here."""
     stack = Stack.start(workdir, extra_env=extra, label_studio=label_studio)
+    assert stack.label_studio is not None  # start sets it
     try:
         scenes = stack.document_root / "scenes"
         if not (scenes / "tasks.json").is_file():
@@ -374,7 +378,12 @@ def _run_demo(
 
 
 def cycle_row(
-    ls: LabelStudio, project: int, answers: dict[int, dict[str, str]], version: str, cycle: int, machine_ids: set[int]
+    ls: LabelStudio,
+    project: int,
+    answers: dict[int, dict[str, str]],
+    version: str | None,
+    cycle: int,
+    machine_ids: set[int],
 ) -> dict[str, Any]:
     """People's labels, the model's labels (the bulk accepts the backend recorded), their measured precision,
     and macro-F1 of the current predictions."""
@@ -384,7 +393,8 @@ def cycle_row(
     human = machine = right = 0
     pred: dict[str, list[str]] = {h: [] for h in schema.head_names}
     true: dict[str, list[str]] = {h: [] for h in schema.head_names}
-    for t in (as_dict(t) for t in ls.tasks.list(project=project, fields="all")):
+    pages: Iterable[Any] = ls.tasks.list(project=project, fields="all")  # the SDK types its pager's items as Never
+    for t in (as_dict(t) for t in pages):
         tid = int(t["id"])
         anns = [a for a in t.get("annotations") or [] if not a.get("was_cancelled")]
         if anns and tid not in machine_ids:
