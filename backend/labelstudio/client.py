@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 from label_studio_sdk import LabelStudio
@@ -195,7 +195,9 @@ class LabelStudioProject:
 
     def _list_tasks(self) -> list[dict[str, Any]]:
         """One try at listing every task; a failure on any page fails the whole listing."""
-        return [as_dict(t) for t in self.client.tasks.list(project=self.id, fields="all", page_size=500)]
+        # the SDK types its pager's items as Never
+        pages: Iterable[Any] = self.client.tasks.list(project=self.id, fields="all", page_size=500)
+        return [as_dict(t) for t in pages]
 
     def import_predictions(self, predictions: list[dict[str, Any]], batch: int = 500) -> None:
         """Import predictions (each with ``task`` and ``model_version``) in batches, never one twice.
@@ -211,7 +213,8 @@ class LabelStudioProject:
         for start in range(0, len(predictions), batch):
             chunk = predictions[start : start + batch]
             send = resumable(
-                lambda todo: self.client.projects.import_predictions(id=self.id, request=todo),
+                # the SDK types the request as its PredictionRequest models; it sends plain dicts as they are
+                lambda todo: self.client.projects.import_predictions(id=self.id, request=cast(Any, todo)),
                 chunk,
                 self._not_imported,
             )

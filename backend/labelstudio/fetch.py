@@ -11,7 +11,7 @@ Label Studio sends ``/predict`` the raw stored URL (``data.image``), which can b
 - ``http(s)://...``: the token is sent only when the scheme, host and port the HTTP client will connect
   to equal Label Studio's own; any other origin is fetched without credentials, and a URL that URL
   parsers read differently (backslashes) or that carries user info is refused.
-- a plain path: read only under ``document_root``, resolved the way ``model.data.examples.resolve_local_url``
+- a plain path: read only under ``document_root``, resolved the way ``backend.labelstudio.tasks.resolve_local_url``
   resolves it for training, so that one URL names the same file in training and in prediction.
 - anything else (``file:``, ``ftp:``, ``data:``, ``s3://`` ...): refused.
 
@@ -56,8 +56,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from backend.labelstudio.tasks import resolve_local_url
 from backend.settings import Settings
-from model.data.examples import resolve_local_url
 from model.settings import image_limits
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ class ImageFetcher:
             )
         return f"Bearer {token}" if token.count(".") == 2 else f"Token {token}"
 
-    def fetch(self, url: str) -> Path:
+    def fetch(self, url: object) -> Path:
         """A local file holding the image at ``url``; raises FetchError saying why when it cannot.
 
         The file stays in the cache while this fetcher lives, however small IMAGE_CACHE_BYTES is: a
@@ -339,7 +339,7 @@ class ImageFetcher:
         _cache_sizes.pin(self, path)
         return path
 
-    def _fetch(self, url: str) -> Path:
+    def _fetch(self, url: object) -> Path:
         if not isinstance(url, str) or not url.strip():
             raise FetchError(f"the task has no image URL (got {url!r:.200})")
         url = url.strip()
