@@ -123,6 +123,7 @@ class Broker:
                 try:
                     pipe.watch(waiting)
                     mark = pipe.get(waiting)
+                    assert mark is None or isinstance(mark, bytes)  # the connection does not decode responses
                     named = mark.decode() if mark else None
                     if named is not None and named != expected and self._is_live(named):
                         return False

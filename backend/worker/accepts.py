@@ -87,7 +87,7 @@ def _annotation_ids(annotations: list[dict[str, Any]], task_ids: set[int]) -> li
 
 
 def _task_id(annotation: dict[str, Any]) -> int:
-    task = annotation.get("task")
+    task: Any = annotation.get("task")  # its id, or the task itself, as Label Studio sends it
     return int(task["id"] if isinstance(task, dict) else task)
 
 

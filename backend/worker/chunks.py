@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,15 +82,15 @@ def score_chunks(project_id: int, version: str, broker: Broker | None = None, wa
 
 def _save_chunk(path: Path, res: ScoreResult) -> None:
     def save(tmp: Path) -> None:
+        arrays: dict[str, Any] = {
+            "keys": np.array(res.keys),
+            "predicted_loss": res.predicted_loss,
+            "embeddings": res.embeddings,
+            "failures": np.array(json.dumps(res.failures)),
+            **{f"probs__{h}": p for h, p in res.probs.items()},
+        }
         with open(tmp, "wb") as fh:  # a file object: np.savez would add ".npz" to a temporary file's name
-            np.savez(
-                fh,
-                keys=np.array(res.keys),
-                predicted_loss=res.predicted_loss,
-                embeddings=res.embeddings,
-                failures=np.array(json.dumps(res.failures)),
-                **{f"probs__{h}": p for h, p in res.probs.items()},
-            )
+            np.savez(fh, **arrays)
 
     write_atomic(path, save)
 

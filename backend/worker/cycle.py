@@ -36,8 +36,8 @@ from backend.worker.project_data import read_project
 from backend.worker.promotion import should_promote
 from model.al.cycle import is_calibration_holdout, plan_cycle
 from model.al.strategies import PoolView
-from model.data.examples import Example, ExampleSet
 from model.atomic import write_json_atomic
+from model.data.examples import Example, ExampleSet
 from model.schema import LabelSchema
 from model.training.trainer import TrainConfig, train
 
@@ -52,6 +52,7 @@ def train_project(project_id: int) -> dict[str, Any]:
     scheduled for later and returns at once, rather than park this worker for hours while other projects wait.
     """
     settings = get_settings()
+    assert settings.redis_url is not None  # a worker runs only with REDIS_URL (worker.run.work refuses without)
     broker = Broker(settings.redis_url)
     pid = str(project_id)
     job = get_current_job()
