@@ -7,12 +7,17 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.labelstudio.client import LabelStudioError
-from backend.labelstudio.export import ProjectExport, read_project_export
+from backend.labelstudio.export import read_project_export
+from backend.labelstudio.tasks import read_label_studio_export
 from backend.settings import get_settings
 from model import cli as model_cli
-from model.schema import SchemaError
+from model.schema import LabelSchema, SchemaError
+
+if TYPE_CHECKING:
+    from model.analysis.inputs import AnalysisInput
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default=None, help="logging level (default: the LOG_LEVEL setting, INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
-    model_cli.add_commands(sub, read_project=_read_live_project)
+    model_cli.add_commands(sub, readers=READERS)
     _add_backend_commands(sub)
     return parser
 
@@ -164,13 +169,36 @@ def _cmd_undo_accept(args: argparse.Namespace) -> None:
         )
 
 
-def _read_live_project(url: str | None, api_key: str | None, project: int, cache_dir: Path) -> ProjectExport:
+def _read_live_project(url: str | None, api_key: str | None, project: int, cache_dir: Path) -> AnalysisInput:
     """``analyze --project``: a live project, with Label Studio's URL and token from the settings unless given."""
+    from backend.labelstudio.analysis_input import read_export_tasks
+
     s = get_settings()
     key = api_key or s.label_studio_api_key
     if not key:
         raise model_cli.UsageError("--project needs --api-key (or the LABEL_STUDIO_API_KEY setting)")
-    return read_project_export(url or s.label_studio_url, key, project, cache_dir)
+    export = read_project_export(url or s.label_studio_url, key, project, cache_dir)
+    source = f"{url or s.label_studio_url} project {project}"
+    return read_export_tasks(
+        export.tasks,
+        LabelSchema.from_xml(export.label_config),
+        export.document_root,
+        source=source,
+        errors=export.errors,
+    )
+
+
+def _read_export_for_analysis(path: Path, schema: LabelSchema, document_root: Path | None) -> AnalysisInput:
+    """``analyze --data export.json``; the analysis package is imported only when a command needs it."""
+    from backend.labelstudio.analysis_input import read_export_input
+
+    return read_export_input(path, schema, document_root)
+
+
+#: Label Studio's formats for the model's commands (model/ reads manifests and examples only)
+READERS = model_cli.LabelStudioReaders(
+    examples=read_label_studio_export, analysis=_read_export_for_analysis, project=_read_live_project
+)
 
 
 def _log_level(given: str | None) -> str:

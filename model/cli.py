@@ -11,10 +11,15 @@ import argparse
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
+
+if TYPE_CHECKING:  # the commands import their modules lazily, so `weather-al --help` stays fast
+    from model.analysis.inputs import AnalysisInput
+    from model.data.examples import ExampleSet
 
 logger = logging.getLogger(__name__)
 
@@ -23,14 +28,22 @@ class UsageError(Exception):
     """A problem with the user's input, printed as a one-line message."""
 
 
-#: Reads a live Label Studio project for ``analyze --project``: (url, api key, project id, image folder) -> an
-#: export with ``tasks``, ``label_config``, ``document_root`` and ``errors``. The backend offers one; model/
-#: itself knows no Label Studio API. ``url`` and ``api key`` may be None: the reader takes its own settings.
-ProjectReader = Callable[[str | None, str | None, int, Path], Any]
+@dataclass(frozen=True)
+class LabelStudioReaders:
+    """What the backend offers the model's commands, so that model/ knows no Label Studio format or API.
+
+    ``examples``: a JSON export -> labeled examples (train, evaluate, score, ...). ``analysis``: a JSON export
+    (and its LOCAL_FILES_DOCUMENT_ROOT) -> what ``analyze`` reads. ``project``: a live project (url, token,
+    id, image folder; url and token None mean the reader's own settings) -> what ``analyze`` reads.
+    """
+
+    examples: Callable[[Path, LabelSchema], ExampleSet]
+    analysis: Callable[[Path, LabelSchema, Path | None], AnalysisInput]
+    project: Callable[[str | None, str | None, int, Path], AnalysisInput]
 
 
-def add_commands(sub: argparse._SubParsersAction, read_project: ProjectReader | None = None) -> None:
-    """The model's commands; ``read_project`` lets ``analyze --project`` read a live project (see ProjectReader)."""
+def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | None = None) -> None:
+    """The model's commands; with ``readers`` they also read Label Studio exports and live projects."""
     p = sub.add_parser("synth", help="write synthetic weather scenes with ground truth")
     p.add_argument(
         "--out", required=True, type=Path, help="output folder (images/, manifest.csv, truth.csv, tasks.json)"
@@ -162,7 +175,7 @@ def add_commands(sub: argparse._SubParsersAction, read_project: ProjectReader | 
     p.add_argument("--project", type=int, default=None, help="live project id, read through the SDK")
     p.add_argument("--image-size", type=int, default=None, help="embedding input size (default 128)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for decoding (default: up to 2)")
-    p.set_defaults(func=cmd_analyze, read_project=read_project)
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
         "tune", help="random search of training settings on the validation split; writes best_config.json"
@@ -182,6 +195,8 @@ def add_commands(sub: argparse._SubParsersAction, read_project: ProjectReader | 
     p.add_argument("--image-size", type=int, default=None, help="baseline image size")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (training keeps the configuration's seed)")
     p.set_defaults(func=cmd_tune)
+    for command in sub.choices.values():
+        command.set_defaults(readers=readers)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -196,9 +211,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_examples(path: Path, schema: LabelSchema, require_labels: bool = True):
-    """A manifest (.csv), a Label Studio export (.json) or, when labels are not required, a folder."""
-    from model.data.examples import read_folder, read_label_studio_export, read_manifest
+def load_examples(path: Path, schema: LabelSchema, readers: LabelStudioReaders | None, require_labels: bool = True):
+    """A manifest (.csv), a Label Studio export (.json, through ``readers``) or, without labels, a folder."""
+    from model.data.examples import read_folder, read_manifest
 
     if not path.exists():
         raise UsageError(f"{path} does not exist")
@@ -207,7 +222,9 @@ def load_examples(path: Path, schema: LabelSchema, require_labels: bool = True):
             raise UsageError(f"{path} is a folder; labels come from a CSV manifest or a Label Studio JSON export")
         return read_folder(path, schema)
     if path.suffix.lower() == ".json":
-        return read_label_studio_export(path, schema)
+        if readers is None:
+            raise UsageError(f"{path}: Label Studio exports are read by `weather-al` (the backend's command line)")
+        return readers.examples(path, schema)
     return read_manifest(path, schema, require_labels=require_labels)
 
 
@@ -233,7 +250,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         value = getattr(args, attr)
         if value is not None:
             setattr(config, name, value)
-    data = load_examples(args.data, schema)
+    data = load_examples(args.data, schema, args.readers)
     data.report_problems(str(args.data))
     if not data.examples:
         raise UsageError(f"{args.data}: no usable labeled images")
@@ -259,7 +276,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from model.training.evaluation import evaluate
 
     model = TrainedModel.load(args.model)
-    data = load_examples(args.data, model.schema)
+    data = load_examples(args.data, model.schema, args.readers)
     data.report_problems(str(args.data))
     result = model.score(data.examples, progress=True, desc="evaluating")
     metrics = evaluate(result)
@@ -275,7 +292,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     from model.training.scoring import score_rows
 
     model = TrainedModel.load(args.model)
-    data = load_examples(args.data, model.schema, require_labels=False)
+    data = load_examples(args.data, model.schema, args.readers, require_labels=False)
     data.report_problems(str(args.data))
     result = model.score(data.examples, batch_size=args.batch_size, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,23 +343,21 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from model.analysis import analyze, read_export_tasks, read_input
+    from model.analysis import analyze, read_input
     from model.analysis.embeddings import EMBEDDING_SIZE
     from model.nn.checkpoint import TrainedModel
 
+    readers: LabelStudioReaders | None = args.readers
     if args.project is not None:
-        if args.read_project is None:
+        if readers is None:
             raise UsageError("--project reads a live project through the backend; run it as `weather-al analyze`")
-        export = args.read_project(args.url, args.api_key, args.project, args.out / "images")
-        data = read_export_tasks(
-            export.tasks,
-            LabelSchema.from_xml(export.label_config),
-            export.document_root,
-            source=f"{args.url or 'Label Studio'} project {args.project}",
-            errors=export.errors,
-        )
+        data = readers.project(args.url, args.api_key, args.project, args.out / "images")
+    elif args.data is not None and args.data.suffix.lower() == ".json":
+        if readers is None:
+            raise UsageError(f"{args.data}: Label Studio exports are read by `weather-al` (the backend's command line)")
+        data = readers.analysis(args.data, _schema(args.label_config), args.document_root)
     elif args.data is not None:
-        data = read_input(args.data, _schema(args.label_config), args.document_root)
+        data = read_input(args.data, _schema(args.label_config))
     else:
         raise UsageError(
             "give --data (a CSV manifest or a Label Studio JSON export), or --url, --api-key and --project"
@@ -371,7 +386,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.image_size is not None:
         base.image_size = args.image_size
     space = SearchSpace.from_file(args.space) if args.space else SearchSpace()
-    data = load_examples(args.data, _schema(args.label_config))
+    data = load_examples(args.data, _schema(args.label_config), args.readers)
     data.report_problems(str(args.data))
     if not data.examples:
         raise UsageError(f"{args.data}: no usable labeled images")

@@ -34,9 +34,9 @@ from backend.dev.local_label_studio import LocalLabelStudio, start_label_studio
 from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
 from backend.labelstudio.connect import connect
 from backend.labelstudio.predictions import choices_result
+from backend.labelstudio.tasks import resolve_local_url
 from backend.queue import start_embedded_redis
 from backend.store import ModelStore
-from model.data.examples import resolve_local_url
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ Label Studio sends ``/predict`` the raw stored URL (``data.image``), which can b
 - ``http(s)://...``: the token is sent only when the scheme, host and port the HTTP client will connect
   to equal Label Studio's own; any other origin is fetched without credentials, and a URL that URL
   parsers read differently (backslashes) or that carries user info is refused.
-- a plain path: read only under ``document_root``, resolved the way ``model.data.examples.resolve_local_url``
+- a plain path: read only under ``document_root``, resolved the way ``backend.labelstudio.tasks.resolve_local_url``
   resolves it for training, so that one URL names the same file in training and in prediction.
 - anything else (``file:``, ``ftp:``, ``data:``, ``s3://`` ...): refused.
 
@@ -56,8 +56,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from backend.labelstudio.tasks import resolve_local_url
 from backend.settings import Settings
-from model.data.examples import resolve_local_url
 from model.settings import image_limits
 
 logger = logging.getLogger(__name__)

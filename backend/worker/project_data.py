@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.labelstudio.tasks import annotation_choices, latest_annotation
 from backend.worker.accepts import edited_by_a_person
-from model.data.examples import annotation_choices, latest_annotation
 from model.schema import LabelSchema
 
 logger = logging.getLogger(__name__)

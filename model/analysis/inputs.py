@@ -14,13 +14,12 @@ or the task list itself, e.g. read from a live project).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.data.examples import Example, latest_annotation, resolve_local_url
+from model.data.examples import Example
 from model.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
@@ -87,13 +86,12 @@ class AnalysisInput:
 
 
 def read_input(path: str | Path, schema: LabelSchema, document_root: str | Path | None = None) -> AnalysisInput:
-    """A manifest (``.csv``) or a Label Studio export (``.json``) for analysis."""
+    """A CSV manifest for analysis (a Label Studio export is read by ``backend.labelstudio.tasks``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give a CSV manifest or a Label Studio JSON export")
     if path.suffix.lower() == ".json":
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-        return read_export_tasks(tasks, schema, Path(document_root) if document_root else path.parent, source=str(path))
+        raise ValueError(f"{path}: Label Studio exports are read by `weather-al analyze` (backend.labelstudio.tasks)")
     return read_manifest_rows(path, schema)
 
 
@@ -118,79 +116,11 @@ def read_manifest_rows(path: Path, schema: LabelSchema) -> AnalysisInput:
     out = AnalysisInput(schema, list(by_key.values()), source=str(path))
     for item in out.items:
         if item.annotations:  # the last row is the label, as later rows overwrite earlier ones
-            _settle_labels(item, item.annotations[-1].values, schema, out.label_issues)
+            settle_labels(item, item.annotations[-1].values, schema, out.label_issues)
     return out
 
 
-def read_export_tasks(
-    tasks: Any, schema: LabelSchema, document_root: Path, source: str = "", errors: dict[str, str] | None = None
-) -> AnalysisInput:
-    """Items from a Label Studio export (a list of tasks); image URLs resolve under ``document_root``.
-
-    ``errors``: task id -> why its image is unavailable, known before reading (e.g. a failed download).
-    """
-    if not isinstance(tasks, list):
-        raise ValueError(f"{source or 'the export'}: a Label Studio JSON export is a list of tasks")
-    out = AnalysisInput(schema, [], source=source)
-    for task in tasks:
-        key = str(task.get("id", len(out.items)))
-        url = (task.get("data") or {}).get(schema.image_key)
-        item = Item(key=key, source=None, labels=(None,) * len(schema.heads))
-        if errors and key in errors:
-            item.error = errors[key]
-        elif not url:
-            item.error = f"no '{schema.image_key}' field in the task data"
-        else:
-            path = resolve_local_url(str(url), document_root)
-            if path is None:
-                item.error = f"image {url} is not a local file under {document_root}"
-            else:
-                item.source = str(path)
-        chronological = sorted(
-            (a for a in task.get("annotations") or [] if not a.get("was_cancelled")),
-            key=lambda a: (a.get("created_at") or "", a.get("id") or 0),
-        )
-        for ann in chronological:
-            values, problems = _result_values(ann, schema)
-            out.label_issues.extend(LabelIssue(key, head, kind, value) for head, kind, value in problems)
-            item.annotations.append(Annotation(values, _annotator(ann)))
-        latest = latest_annotation(chronological)
-        if latest is not None:  # the label training would use (model.data reads the same one)
-            _settle_labels(item, item.annotations[chronological.index(latest)].values, schema, out.label_issues)
-        out.items.append(item)
-    return out
-
-
-def _annotator(annotation: dict[str, Any]) -> str:
-    """Who made an annotation: exports hold the user id, the SDK's task list may hold the user object."""
-    who = annotation.get("completed_by")
-    if isinstance(who, dict):
-        who = who.get("email") or who.get("id")
-    return str(who if who is not None else "")
-
-
-def _result_values(
-    annotation: dict[str, Any], schema: LabelSchema
-) -> tuple[dict[str, str | None], list[tuple[str, str, str]]]:
-    """Head -> value of one annotation's ``result``, and the problems seen in it (unknown head, several values)."""
-    values: dict[str, str | None] = {h: None for h in schema.head_names}
-    problems: list[tuple[str, str, str]] = []
-    for res in annotation.get("result") or []:
-        if res.get("type") != "choices":
-            continue
-        head = res.get("from_name")
-        chosen = (res.get("value") or {}).get("choices") or []
-        if head not in values:
-            problems.append((str(head), OUTSIDE_CONFIG, ", ".join(map(str, chosen))))
-            continue
-        if len(chosen) > 1:
-            problems.append((head, SEVERAL_VALUES, ", ".join(map(str, chosen))))
-        if chosen:
-            values[head] = str(chosen[0])
-    return values, problems
-
-
-def _settle_labels(item: Item, values: dict[str, str | None], schema: LabelSchema, issues: list[LabelIssue]) -> None:
+def settle_labels(item: Item, values: dict[str, str | None], schema: LabelSchema, issues: list[LabelIssue]) -> None:
     """Set ``item.labels`` from the annotation ``values`` that give its label; record a missing head or a value
     outside the config."""
     labels: list[int | None] = []

@@ -46,6 +46,7 @@ from backend.dev.local_label_studio import LocalLabelStudio
 from backend.labelstudio.client import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
 from backend.labelstudio.connect import connect
 from backend.labelstudio.predictions import load_calibrator
+from backend.labelstudio.tasks import resolve_local_url
 from backend.queue import KEY, QUEUE_NAME
 from backend.store import ModelStore
 from backend.worker.accepts import list_accepts
@@ -53,7 +54,7 @@ from backend.worker.autolabel import accept_band, undo_accept
 from backend.worker.project_data import read_project
 from model.al.calibration import score_from_loss
 from model.al.certify import Certificate
-from model.data.examples import Example, resolve_local_url
+from model.data.examples import Example
 from model.nn.checkpoint import TrainedModel
 from model.schema import LabelSchema
 from model.sim.scenes import generate

@@ -584,7 +584,7 @@ def test_of_several_d_parameters_the_last_names_the_file_as_in_label_studio(tmp_
 @pytest.mark.parametrize("url", ["imgs/go\0od.jpg", "/data/local-files/?d=imgs/go%00od.jpg"])
 def test_a_nul_byte_names_no_file_for_training_or_prediction(tmp_path, root, url):
     """Training resolves a task's URL with resolve_local_url, which raised on a NUL: one task stopped the run."""
-    from model.data.examples import resolve_local_url
+    from backend.labelstudio.tasks import resolve_local_url
 
     assert resolve_local_url(url, root) is None
     with pytest.raises(FetchError, match="no file name"):

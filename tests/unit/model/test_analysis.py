@@ -323,7 +323,9 @@ def test_export_reader_keeps_every_annotation_and_names_problems(tmp_path: Path,
     tasks.append({"id": 6, "data": {"image": "https://example.com/x.jpg"}, "annotations": []})
     path = tmp_path / "export.json"
     path.write_text(json.dumps(tasks))
-    data = read_input(path, schema)
+    from backend.labelstudio.analysis_input import read_export_input  # Label Studio's format is the backend's
+
+    data = read_export_input(path, schema)
     assert [it.key for it in data.items] == ["1", "2", "3", "4", "5", "6"]
     assert data.items[1].labels == (schema.head("timeofday").index("dusk"), 0)  # the latest annotation gives the label
     assert [a.annotator for a in data.items[1].annotations] == ["1", "2"]  # in the order they were made
