@@ -113,7 +113,7 @@ def _cmd_connect(args: argparse.Namespace) -> None:
     url, api_key = args.url or s.label_studio_url, args.api_key or s.label_studio_api_key
     if not api_key:
         raise model_cli.UsageError("--api-key (or the LABEL_STUDIO_API_KEY setting) is required")
-    auth = (s.basic_auth_user, s.basic_auth_pass) if s.basic_auth_enabled else None
+    auth = (s.basic_auth_user, s.basic_auth_pass) if s.basic_auth_user and s.basic_auth_pass else None
     out = connect(url, api_key, args.project, args.backend_url, args.title, args.local_storage, auth)
     print(
         f"project {out['project']} ({out['title']}) is connected: ML backend {out['ml_backend']}, "

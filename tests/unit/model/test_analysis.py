@@ -24,7 +24,6 @@ from tiny_data import write_tiny_set
 
 from backend.cli import main
 from backend.labelstudio import export as backend_export
-from model.analysis import read_input
 from model.analysis.agreement import annotator_agreement, disagreements
 from model.analysis.duplicates import MAX_HAMMING
 from model.analysis.image_stats import describe
