@@ -140,8 +140,8 @@ def _touch(path: Path) -> bool:
         os.utime(path)
     except FileNotFoundError:
         return False
-    except OSError:  # another user's file, read-only cache: still a hit
-        return path.is_file()
+    except OSError:
+        pass  # another user's file in a shared cache: not marked, still a hit
     return path.is_file()
 
 

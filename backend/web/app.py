@@ -265,7 +265,8 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         edit = _edit_claim(action, data.get("annotation"))
         if broker is None:
             raise BadRequest(NO_QUEUE, 503)
-        if edit is not None and edit[0] in store.state(pid).get("machine_task_ids", []):
+        state = store.state(pid)  # one read: Label Studio waits 1 s for a webhook
+        if edit is not None and edit[0] in state.get("machine_task_ids", []):
             queued_check(CHECK_EDIT, int(pid), *edit)
             logger.info(
                 "project %s: task %s is machine-labeled and was saved; the worker checks who saved it", pid, edit[0]
@@ -273,9 +274,7 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         try:
             if action in TRAIN_ACTIONS:
                 outcome = broker.request_training(pid, action)
-            elif broker.count_annotation(
-                pid, every := settings.for_project(store.state(pid).get("extra_params")).train_every
-            ):
+            elif broker.count_annotation(pid, every := settings.for_project(state.get("extra_params")).train_every):
                 outcome = broker.request_training(pid, f"{every} annotation events")
             else:
                 outcome = "counted"
