@@ -616,29 +616,44 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
         loop.store.update_state(loop.pid, audit_task_ids=state.get("audit_task_ids", []))
 
 
+def demo_env(label_studio: LocalLabelStudio, **settings: str) -> dict[str, str]:
+    """The environment `weather-al demo` runs in here: the session's token, its own embedded Redis."""
+    env = {**os.environ, **settings, "LABEL_STUDIO_API_KEY": label_studio.token}
+    env.pop("REDIS_URL", None)
+    return env
+
+
+def demo_command(label_studio: LocalLabelStudio, tmp_path: Path, n: str, *options: str) -> list[str]:
+    """`weather-al demo` on the session's Label Studio (a fresh one costs minutes) with ``n`` scenes."""
+    return [
+        sys.executable,
+        "-m",
+        "backend.cli",
+        "demo",
+        "--workdir",
+        str(tmp_path / "demo"),
+        "--n",
+        n,
+        *options,
+        "--label-studio-url",
+        label_studio.url,
+        "--document-root",
+        str(label_studio.document_root),
+    ]
+
+
 def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelStudio, tmp_path: Path) -> None:
     """Issue 4's acceptance: `weather-al demo --cycles 1 --no-wait`, here on the session's Label Studio (a fresh
     start costs minutes; the demo starts one itself without --label-studio-url), with its own Redis, backend and
     worker."""
     (tmp_path / "train.json").write_text(json.dumps(TRAIN_CONFIG))
-    env = {
-        **os.environ,
-        "IMAGE_SIZE": "64",
-        "OMP_NUM_THREADS": "1",
-        "TRAIN_CONFIG": str(tmp_path / "train.json"),
-        "AUDIT_SIZE": "5",
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-    }
-    env.pop("REDIS_URL", None)
+    env = demo_env(
+        label_studio, IMAGE_SIZE="64", OMP_NUM_THREADS="1", TRAIN_CONFIG=str(tmp_path / "train.json"), AUDIT_SIZE="5"
+    )
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend.cli",
-            "demo",
-            "--workdir",
-            str(tmp_path / "demo"),
-            "--n",
+        demo_command(
+            label_studio,
+            tmp_path,
             "60",
             "--seed-size",
             "20",
@@ -649,11 +664,7 @@ def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelS
             "--epochs",
             "2",
             "--no-wait",
-            "--label-studio-url",
-            label_studio.url,
-            "--document-root",
-            str(label_studio.document_root),
-        ],
+        ),
         env=env,
         capture_output=True,
         text=True,
@@ -693,25 +704,9 @@ def test_demo_stopped_by_a_signal_stops_everything_it_started(
     """Issue 11 item 17: `timeout`, systemd and `docker stop` send SIGTERM, a closed terminal SIGHUP; the demo
     must stop its Redis, backend and worker as on Ctrl-C. Before the fix, Python died at once and all three
     (each in a session of its own) kept running."""
-    env = {**os.environ, "IMAGE_SIZE": "48", "OMP_NUM_THREADS": "1", "LABEL_STUDIO_API_KEY": label_studio.token}
-    env.pop("REDIS_URL", None)
+    env = demo_env(label_studio, IMAGE_SIZE="48", OMP_NUM_THREADS="1")
     demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "backend.cli",
-            "demo",
-            "--workdir",
-            str(tmp_path / "demo"),
-            "--n",
-            "20",
-            "--seed-size",
-            "12",
-            "--label-studio-url",
-            label_studio.url,
-            "--document-root",
-            str(label_studio.document_root),
-        ],
+        demo_command(label_studio, tmp_path, "20", "--seed-size", "12"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
