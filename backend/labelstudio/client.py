@@ -199,6 +199,18 @@ class LabelStudioProject:
         pages: Iterable[Any] = self.client.tasks.list(project=self.id, fields="all", page_size=500)
         return [as_dict(t) for t in pages]
 
+    def annotations(self, task_id: int) -> list[dict[str, Any]]:
+        """The annotations Label Studio holds on ``task_id`` if the task belongs to this project; else none."""
+        try:
+            found = as_dict(
+                retry(lambda: self.client.annotations.list(id=task_id), f"read the annotations of task {task_id}")
+            )
+        except LabelStudioError as exc:
+            if getattr(exc.__cause__, "status_code", None) != 404:
+                raise
+            found = []
+        return [a for a in found if a.get("project") == self.id and a.get("task") == task_id]
+
     def import_predictions(self, predictions: list[dict[str, Any]], batch: int = 500) -> None:
         """Import predictions (each with ``task`` and ``model_version``) in batches, never one twice.
 

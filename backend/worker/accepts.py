@@ -66,6 +66,11 @@ def edited_by_a_person(annotation: dict[str, Any]) -> bool:
     return bool(annotation.get("updated_by"))
 
 
+def is_machine_label(annotation: dict[str, Any]) -> bool:
+    """A machine label: converted from a prediction (bulk accept) and saved by no person since."""
+    return annotation.get("parent_prediction") is not None and not edited_by_a_person(annotation)
+
+
 def release_edited_machine_label(store: ModelStore, pid: str, annotation: dict[str, Any]) -> bool:
     """Label Studio's ANNOTATION_UPDATED on a machine-labeled task: a person saved it, so it is theirs now.
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.labelstudio.tasks import annotation_choices, latest_annotation
-from backend.worker.accepts import edited_by_a_person
+from backend.worker.accepts import is_machine_label
 from model.schema import LabelSchema
 
 logger = logging.getLogger(__name__)
@@ -44,15 +44,15 @@ def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: 
             data.problems.append(f"task {tid}: no '{schema.image_key}' in its data; skipped")
             continue
         annotations = task.get("annotations") or []
-        people = [a for a in annotations if not _unedited_conversion(a)]
+        people = [a for a in annotations if not is_machine_label(a)]
         ann = latest_annotation(people) or latest_annotation(annotations)
         if ann is None:
             data.unlabeled.append((tid, url))
             continue
-        if _unedited_conversion(ann):
+        if is_machine_label(ann):
             if tid in machine_ids:
                 continue  # the bulk accept's own annotation, untouched since
-        elif latest_annotation([a for a in annotations if _unedited_conversion(a)]) is not None:
+        elif latest_annotation([a for a in annotations if is_machine_label(a)]) is not None:
             both.append(tid)
         choices = annotation_choices(ann, schema)
         try:
@@ -73,8 +73,3 @@ def read_project(tasks: list[dict[str, Any]], schema: LabelSchema, machine_ids: 
             both[:20],
         )
     return data
-
-
-def _unedited_conversion(annotation: dict[str, Any]) -> bool:
-    """A machine label: converted from a prediction (bulk accept) and saved by no person since."""
-    return annotation.get("parent_prediction") is not None and not edited_by_a_person(annotation)

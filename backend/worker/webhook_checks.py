@@ -14,10 +14,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from backend.labelstudio.client import LabelStudioError, LabelStudioProject, as_dict, retry
+from backend.labelstudio.client import LabelStudioProject
 from backend.settings import get_settings
 from backend.store import ModelStore
-from backend.worker.accepts import edited_by_a_person, record_label_studio_accept, release_edited_machine_label
+from backend.worker.accepts import (
+    edited_by_a_person,
+    is_machine_label,
+    record_label_studio_accept,
+    release_edited_machine_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +35,7 @@ def check_bulk_accept(project_id: int, task_ids: list[int]) -> dict[str, Any]:
     """
     ls, store = _connect(project_id)
     pid = str(project_id)
-    converted = [
-        a
-        for tid in task_ids
-        for a in task_annotations(ls, tid)
-        if a.get("parent_prediction") is not None and not edited_by_a_person(a)
-    ]
+    converted = [a for tid in task_ids for a in ls.annotations(tid) if is_machine_label(a)]
     refused = sorted(set(task_ids) - {a["task"] for a in converted})
     if refused:
         logger.warning(
@@ -58,7 +58,7 @@ def check_edit(project_id: int, task_id: int, annotation_id: int) -> dict[str, A
     """Release the machine label an ``ANNOTATION_UPDATED`` webhook says a person saved, if Label Studio agrees."""
     ls, store = _connect(project_id)
     pid = str(project_id)
-    real = next((a for a in task_annotations(ls, task_id) if a.get("id") == annotation_id), None)
+    real = next((a for a in ls.annotations(task_id) if a.get("id") == annotation_id), None)
     if real is None or not edited_by_a_person(real):
         logger.warning(
             "project %s: ANNOTATION_UPDATED named annotation %s of task %s, which Label Studio does not show "
@@ -72,19 +72,6 @@ def check_edit(project_id: int, task_id: int, annotation_id: int) -> dict[str, A
     if released:
         logger.info("project %s: a person saved the machine label of task %s; it is theirs now", pid, task_id)
     return {"project": pid, "task": task_id, "released": released}
-
-
-def task_annotations(ls: LabelStudioProject, task_id: int) -> list[dict[str, Any]]:
-    """The annotations Label Studio holds on ``task_id``, if the task belongs to ``ls``'s project; else none."""
-    try:
-        found = as_dict(
-            retry(lambda: ls.client.annotations.list(id=task_id), f"read the annotations of task {task_id}")
-        )
-    except LabelStudioError as exc:
-        if getattr(exc.__cause__, "status_code", None) != 404:
-            raise
-        found = []
-    return [a for a in found if a.get("project") == ls.id and a.get("task") == task_id]
 
 
 def _connect(project_id: int) -> tuple[LabelStudioProject, ModelStore]:
