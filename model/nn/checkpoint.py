@@ -20,6 +20,7 @@ from model.atomic import write_atomic, write_json_atomic
 from model.data.examples import Example
 from model.nn.backbones import build_backbone
 from model.nn.network import MultiHeadNet
+from model.progress import Report, silent
 from model.schema import LabelSchema
 from model.training.scoring import ScoreResult, inference_loader, run_inference
 
@@ -59,6 +60,7 @@ class TrainedModel:
         progress: bool = False,
         desc: str = "scoring",
         decoded: DecodedImages | None = None,
+        report: Report = silent,
     ) -> ScoreResult:
         loader = inference_loader(
             examples,
@@ -69,7 +71,7 @@ class TrainedModel:
             workers=workers,
             decoded=decoded,
         )
-        return run_inference(self.net, loader, progress=progress, desc=desc)
+        return run_inference(self.net, loader, progress=progress, desc=desc, report=report)
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from model.data.examples import Example, ImageDataset, collate
 from model.data.transforms import eval_transform
 from model.nn.network import MultiHeadNet
+from model.progress import Report, silent
 from model.schema import LabelSchema
 
 if TYPE_CHECKING:
@@ -117,11 +118,16 @@ def inference_loader(
 
 
 def run_inference(
-    model: MultiHeadNet, loader: DataLoader, progress: bool = False, desc: str = "scoring"
+    model: MultiHeadNet,
+    loader: DataLoader,
+    progress: bool = False,
+    desc: str = "scoring",
+    report: Report = silent,
 ) -> ScoreResult:
     """Score the examples of ``loader`` (an :func:`inference_loader`) with ``model`` in eval mode.
 
-    Unreadable images go to ``failures``. A persistent loader can be passed again and again.
+    Unreadable images go to ``failures``. A persistent loader can be passed again and again. ``report``
+    hears ``("scoring", images done, images)`` after every batch (model.progress).
     """
     dataset = loader.dataset
     assert isinstance(dataset, ImageDataset)  # an inference_loader's
@@ -133,8 +139,11 @@ def run_inference(
     failures: list[tuple[str, str]] = []
     was_training = model.training
     model.eval()
+    done = 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            done += len(batch["index"]) + len(batch["failures"])
+            report("scoring", done, len(examples))
             failures.extend((examples[i].key, reason) for i, reason in batch["failures"])
             if "image" not in batch:
                 continue

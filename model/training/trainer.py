@@ -38,6 +38,7 @@ from model.nn.backbones import build_backbone
 from model.nn.checkpoint import TrainedModel
 from model.nn.losses import per_sample_loss, ranking_loss
 from model.nn.network import MultiHeadNet
+from model.progress import Report, silent
 from model.training.evaluation import evaluate, mean_macro_f1
 from model.training.scoring import default_workers, inference_loader, run_inference
 
@@ -194,10 +195,12 @@ def train(
     progress: bool = True,
     version: str | None = None,
     decoded: DecodedImages | None = None,
+    report: Report = silent,
 ) -> TrainResult:
     """Train on the labeled examples of ``data``; returns the best model on the validation split.
 
     ``decoded``: images already decoded at ``config.image_size`` (model.data.decoded), taken from there.
+    ``report`` hears ``("training", epochs done, epochs planned)`` after every epoch (model.progress).
     """
     config = config or TrainConfig()
     seed_everything(config.seed)
@@ -277,6 +280,7 @@ def train(
         else:
             score = -record["loss"]
         history.append(record)
+        report("training", epoch + 1, epochs)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_f1=f"{record.get('val_macro_f1', float('nan')):.3f}")
         improved, stop = stopper.update(epoch, score)
         if improved:
