@@ -215,6 +215,7 @@ def simulate(
     progress: bool = True,
     report: bool = True,
     jobs: int = 1,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> SimulationResult:
     """Run ``cycles`` rounds of active learning per strategy and seed; write results.csv and report.html.
 
@@ -225,6 +226,7 @@ def simulate(
     The pool and the test set are decoded once (model.data.decoded), not once per cycle. ``jobs``
     runs that many (strategy, seed) runs side by side in their own processes, each with an equal
     share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
+    ``on_row`` gets each row too, once it is in results.csv: a caller keeps or reports runs as they go.
     """
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
     if unknown or not strategies:
@@ -289,6 +291,8 @@ def simulate(
             fh.flush()
             bar.set_postfix(strategy=row["strategy"], seed=row["seed"], cycle=row["cycle"])
             bar.update()
+            if on_row is not None:
+                on_row(row)
 
         workers = default_workers() if config.workers is None else config.workers
         n_images = len(sim.pool) + len(sim.test)
