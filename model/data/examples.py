@@ -190,14 +190,21 @@ class ImageDataset(Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good items; carry the failures along so the caller can count and report them."""
+    """Stack the good items; carry the failures along so the caller can count and report them.
+
+    Items of the feature cache (model.nn.feature_cache) also carry ``pooled`` and ``start``: the
+    network then starts at stage group ``start`` (see MultiHeadNet.forward).
+    """
     good = [it for it in items if "image" in it]
     failures = [(it["index"], it["error"]) for it in items if "error" in it]
     batch: dict[str, Any] = {
         "failures": failures,
         "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
+        "start": good[0].get("start", 0) if good else 0,
     }
     if good:
         batch["image"] = torch.stack([it["image"] for it in good])
         batch["labels"] = torch.stack([it["labels"] for it in good])
+        if "pooled" in good[0]:
+            batch["pooled"] = torch.stack([it["pooled"] for it in good])
     return batch

@@ -24,7 +24,7 @@ from model.settings import image_limits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALPHA_BACKGROUND", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageError", "load_image"]
+__all__ = ["ALPHA_BACKGROUND", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageError", "load_image", "read_image_bytes"]
 
 
 #: Decompression-bomb limit (width * height), checked on the header before any pixel is decoded (MAX_IMAGE_PIXELS).
@@ -76,7 +76,7 @@ def load_image(
         data = bytes(source)
     else:
         label = name or str(source)
-        data = _read_capped(Path(source), label)
+        data = read_image_bytes(Path(source), label)
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageError(label, f"too large: {len(data)} bytes exceeds the limit of {MAX_IMAGE_BYTES} bytes")
     if not data:
@@ -109,8 +109,11 @@ def load_image(
         raise ImageError(label, f"cannot decode: corrupt or truncated image data ({exc})") from exc
 
 
-def _read_capped(path: Path, label: str) -> bytes:
-    """Read at most MAX_IMAGE_BYTES + 1 bytes, so an oversized file is never read whole."""
+def read_image_bytes(path: Path, label: str) -> bytes:
+    """The bytes of an image file, at most MAX_IMAGE_BYTES + 1 of them, so an oversized file is never read whole.
+
+    Raises ImageError for a missing or unreadable file, with what to check.
+    """
     try:
         with path.open("rb") as handle:
             return handle.read(MAX_IMAGE_BYTES + 1)

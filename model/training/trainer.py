@@ -36,8 +36,9 @@ from model.data.imbalance import median_frequency_weights, undersample
 from model.data.transforms import eval_transform, train_transform
 from model.nn.backbones import build_backbone
 from model.nn.checkpoint import TrainedModel
+from model.nn.feature_cache import CachedFeatures, FeatureCache
 from model.nn.losses import per_sample_loss, ranking_loss
-from model.nn.network import MultiHeadNet
+from model.nn.network import MultiHeadNet, forward_batch
 from model.progress import Report, silent
 from model.training.evaluation import evaluate, mean_macro_f1
 from model.training.scoring import default_workers, inference_loader, run_inference
@@ -75,6 +76,7 @@ class TrainConfig:
     workers: int | None = None
     unfreeze_at: tuple[int, int, int] = (300, 1500, 5000)
     trainable_stages: int | None = None
+    cached_views: int = 8  # with a feature cache: views per training image (the clean one + augmented ones)
     device: str | None = None  # None: CUDA when present, else CPU
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,10 +198,14 @@ def train(
     version: str | None = None,
     decoded: DecodedImages | None = None,
     report: Report = silent,
+    cache: FeatureCache | None = None,
 ) -> TrainResult:
     """Train on the labeled examples of ``data``; returns the best model on the validation split.
 
     ``decoded``: images already decoded at ``config.image_size`` (model.data.decoded), taken from there.
+    ``cache``: the frozen stage groups' outputs are read from (and added to) this feature cache, so
+    only the trainable groups run; each training image then has ``config.cached_views`` fixed views
+    (the clean one and augmented ones) instead of a fresh augmentation every epoch.
     ``report`` hears ``("training", epochs done, epochs planned)`` after every epoch (model.progress).
     """
     config = config or TrainConfig()
@@ -238,19 +244,37 @@ def train(
     weights_t = {h: torch.tensor(w, dtype=torch.float32, device=device) for h, w in class_weights.items()}
     mean, std = net.backbone.mean, net.backbone.std
     workers = default_workers() if config.workers is None else config.workers
-    loader = DataLoader(
-        ImageDataset(train_set.examples, train_transform(config.image_size, mean, std), config.image_size, decoded),
-        batch_size=config.batch_size,
-        shuffle=True,
-        num_workers=workers,
-        collate_fn=collate,
-        drop_last=len(kept) > config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
-        persistent_workers=workers > 0,
-    )
-    val_loader = inference_loader(
-        val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded, persistent=True
-    )
+    drop_last = len(kept) > config.batch_size
+    depth = 4 - stages
+    if cache is not None and depth > 0:
+        loader = cache.loader(
+            net,
+            train_set.examples,
+            depth,
+            config.image_size,
+            views=config.cached_views,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=drop_last,
+            decoded=decoded,
+            report=report,
+        )
+        val_loader = cache.loader(net, val_set.examples, depth, config.image_size, decoded=decoded, report=report)
+    else:
+        loader = DataLoader(
+            ImageDataset(train_set.examples, train_transform(config.image_size, mean, std), config.image_size, decoded),
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            collate_fn=collate,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(config.seed),
+            persistent_workers=workers > 0,
+        )
+        val_loader = inference_loader(
+            val_set.examples, config.image_size, mean, std, workers=workers, decoded=decoded, persistent=True
+        )
     optimizer = _optimizer(net, config)
     # Small labeled sets make one-batch epochs: give the new layers at least ``min_steps`` updates
     epochs = max(config.epochs, math.ceil(config.min_steps / max(1, len(loader))))
@@ -348,14 +372,14 @@ def train_one_epoch(
     t0 = time.perf_counter()
     net.train()
     dataset = loader.dataset
-    assert isinstance(dataset, ImageDataset)  # train()'s loader
+    assert isinstance(dataset, (ImageDataset, CachedFeatures))  # train()'s loader
     examples = dataset.examples
     sums = {"loss": 0.0, "cls": 0.0, "rank": 0.0, "n": 0}
     for batch in loader:
         skipped.update((examples[i].key, r) for i, r in batch["failures"])
         if "image" not in batch:
             continue
-        out = net(batch["image"].to(device, non_blocking=True), detach_features=detach)
+        out = forward_batch(net, batch, detach_features=detach)
         y = batch["labels"].to(device, non_blocking=True)
         cls_loss = per_sample_loss(out.logits, y, class_weights).mean()
         target = per_sample_loss(out.logits, y).detach()
