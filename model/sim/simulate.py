@@ -43,6 +43,7 @@ from model.al.cycle import is_calibration_holdout, plan_cycle
 from model.al.strategies import STRATEGY_NAMES, PoolView
 from model.data.decoded import DecodedImages
 from model.data.examples import Example, ExampleSet, read_manifest
+from model.nn.feature_cache import FeatureCache
 from model.schema import LabelSchema
 from model.sim.results import RunTrace, SimulationResult
 from model.training.evaluation import evaluate, mean_macro_f1
@@ -216,6 +217,8 @@ def simulate(
     report: bool = True,
     jobs: int = 1,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    cache_features: bool = True,
+    feature_cache_dir: str | Path | None = None,
 ) -> SimulationResult:
     """Run ``cycles`` rounds of active learning per strategy and seed; write results.csv and report.html.
 
@@ -226,6 +229,9 @@ def simulate(
     The pool and the test set are decoded once (model.data.decoded), not once per cycle. ``jobs``
     runs that many (strategy, seed) runs side by side in their own processes, each with an equal
     share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
+    ``cache_features`` trains and scores through the feature cache (model.nn.feature_cache), kept in
+    ``feature_cache_dir`` (default: beside the decoded images, removed at the end); without it every
+    pass runs the whole backbone.
     ``on_row`` gets each row too, once it is in results.csv: a caller keeps or reports runs as they go.
     """
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
@@ -309,10 +315,12 @@ def simulate(
             workers=max(workers, min(jobs, os.cpu_count() or 1) - 1),
             progress=progress,
         )
+        cache = FeatureCache(feature_cache_dir or Path(tmp) / "features") if cache_features else None
+        inputs = _Inputs(decoded, cache)
         if jobs == 1:
-            traces = [_run(sim, strategy, seed, loop, decoded, record) for strategy, seed in runs]
+            traces = [_run(sim, strategy, seed, loop, inputs, record) for strategy, seed in runs]
         else:
-            traces = _run_in_parallel(sim, runs, loop, decoded, jobs, record)
+            traces = _run_in_parallel(sim, runs, loop, inputs, jobs, record)
     bar.close()
     order = {run: i for i, run in enumerate(runs)}
     rows.sort(key=lambda r: (order[(r["strategy"], r["seed"])], r["cycle"]))
@@ -329,11 +337,11 @@ def _run(
     strategy: str,
     seed: int,
     loop: LoopSettings,
-    decoded: DecodedImages,
+    inputs: _Inputs,
     emit: Callable[[dict[str, Any]], None],
 ) -> RunTrace:
     """One (strategy, seed) run: ``emit`` gets each cycle's row as soon as it is known."""
-    run = _Run(sim, strategy, seed, loop, decoded)
+    run = _Run(sim, strategy, seed, loop, inputs)
     for cycle in range(loop.cycles + 1):
         emit(run.cycle(cycle))
         if cycle < loop.cycles:
@@ -350,17 +358,15 @@ def _start_worker(queue: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_in_worker(
-    sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages
-) -> RunTrace:
-    return _run(sim, strategy, seed, loop, decoded, _rows_queue.put)
+def _run_in_worker(sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, inputs: _Inputs) -> RunTrace:
+    return _run(sim, strategy, seed, loop, inputs, _rows_queue.put)
 
 
 def _run_in_parallel(
     sim: SimulationData,
     runs: list[tuple[str, int]],
     loop: LoopSettings,
-    decoded: DecodedImages,
+    inputs: _Inputs,
     jobs: int,
     record: Callable[[dict[str, Any]], None],
 ) -> list[RunTrace]:
@@ -373,7 +379,7 @@ def _run_in_parallel(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ctx.Pool(min(jobs, len(runs)), initializer=_start_worker, initargs=(queue, threads))
     try:
-        pending = [pool.apply_async(_run_in_worker, (sim, strategy, seed, loop, decoded)) for strategy, seed in runs]
+        pending = [pool.apply_async(_run_in_worker, (sim, strategy, seed, loop, inputs)) for strategy, seed in runs]
         while not all(p.ready() for p in pending):
             _drain(queue, record, timeout=0.5)
             for p in pending:
@@ -407,13 +413,20 @@ def _csv_value(value: Any) -> Any:
     return round(value, 6) if isinstance(value, float) else value
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What every run reads images through: the pixels decoded once, and the feature cache (None: none)."""
+
+    decoded: DecodedImages
+    cache: FeatureCache | None
+
+
 class _Run:
     """The state of one (strategy, seed) run: which pool images are labeled, and for what."""
 
-    def __init__(
-        self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, decoded: DecodedImages
-    ) -> None:
-        self.sim, self.strategy, self.seed, self.loop, self.decoded = sim, strategy, seed, loop, decoded
+    def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, inputs: _Inputs) -> None:
+        self.sim, self.strategy, self.seed, self.loop = sim, strategy, seed, loop
+        self.decoded, self.cache = inputs.decoded, inputs.cache
         seed_ids = np.random.default_rng(seed).choice(
             len(sim.pool), size=loop.seed_size, replace=False
         )  # same for every strategy
@@ -454,16 +467,21 @@ class _Run:
             progress=False,
             version=f"{self.strategy}-seed{self.seed}-cycle{cycle}",
             decoded=decoded,
+            cache=self.cache,
         ).model
         row["time_train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        scored = model.score(sim.pool, batch_size=loop.batch_size, workers=config.workers, decoded=decoded)
+        scored = model.score(
+            sim.pool, batch_size=loop.batch_size, workers=config.workers, decoded=decoded, cache=self.cache
+        )
         loss, pred, probs, embeddings = _in_pool_order(scored, sim.pool)
         row["time_score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        test_scored = model.score(sim.test, batch_size=loop.batch_size, workers=config.workers, decoded=decoded)
+        test_scored = model.score(
+            sim.test, batch_size=loop.batch_size, workers=config.workers, decoded=decoded, cache=self.cache
+        )
         metrics = evaluate(test_scored)
         row["time_evaluate"] = time.perf_counter() - t0
         row.update(_test_columns(metrics))
