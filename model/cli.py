@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
+from model.settings import DEFAULT_FEATURE_CACHE_DIR, CacheSettings
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so `weather-al --help` stays fast
     from model.analysis.inputs import AnalysisInput
     from model.data.examples import ExampleSet
+    from model.nn.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +75,14 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
     p.add_argument(
         "--overfit-batch", action="store_true", help="only check capacity: overfit one batch and report its accuracy"
     )
+    _add_cache_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a labeled manifest")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="CSV manifest or Label Studio JSON export")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
+    _add_cache_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score images: per-head labels and probabilities, predicted loss")
@@ -86,6 +90,7 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
     p.add_argument("--data", required=True, type=Path, help="CSV manifest or a folder of images")
     p.add_argument("--out", required=True, type=Path, help="JSON lines output")
     p.add_argument("--batch-size", type=int, default=32)
+    _add_cache_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -142,6 +147,13 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
         default=1,
         help="runs side by side in their own processes (a GPU host: one per run, --workers 0)",
     )
+    p.add_argument(
+        "--label-config",
+        type=Path,
+        default=DEFAULT_LABEL_CONFIG,
+        help="Label Studio labeling config XML of the manifest's heads (default: the weather project)",
+    )
+    _add_cache_args(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
@@ -197,6 +209,30 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
     p.set_defaults(func=cmd_tune)
     for command in sub.choices.values():
         command.set_defaults(readers=readers)
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=None,
+        help="folder of the frozen-backbone feature cache (default: FEATURE_CACHE_DIR, else "
+        f"{DEFAULT_FEATURE_CACHE_DIR})",
+    )
+    group.add_argument(
+        "--no-feature-cache", action="store_true", help="run the whole backbone on every pass (slower; same scores)"
+    )
+
+
+def feature_cache(args: argparse.Namespace) -> FeatureCache | None:
+    """The cache the command line asks for: --feature-cache, else FEATURE_CACHE_DIR and FEATURE_CACHE_MAX_MB."""
+    if args.no_feature_cache:
+        return None
+    settings = CacheSettings()
+    if args.feature_cache is not None:
+        settings.feature_cache_dir = args.feature_cache
+    return settings.feature_cache(DEFAULT_FEATURE_CACHE_DIR)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -263,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "overfit.json").write_text(json.dumps(report, indent=2))
         return
-    result = train(data, config)
+    result = train(data, config, cache=feature_cache(args))
     result.model.save(args.out)
     print(f"saved model {result.model.version} to {args.out}")
     if result.model.metrics.get("heads"):
@@ -278,7 +314,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = TrainedModel.load(args.model)
     data = load_examples(args.data, model.schema, args.readers)
     data.report_problems(str(args.data))
-    result = model.score(data.examples, progress=True, desc="evaluating")
+    result = model.score(data.examples, progress=True, desc="evaluating", cache=feature_cache(args))
     metrics = evaluate(result)
     metrics["skipped"] = len(data.problems) + len(result.failures)
     print(format_metrics(metrics))
@@ -294,7 +330,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     model = TrainedModel.load(args.model)
     data = load_examples(args.data, model.schema, args.readers, require_labels=False)
     data.report_problems(str(args.data))
-    result = model.score(data.examples, batch_size=args.batch_size, progress=True)
+    result = model.score(data.examples, batch_size=args.batch_size, progress=True, cache=feature_cache(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as fh:
         for row in score_rows(result):
@@ -325,7 +361,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     except ValueError:
         raise UsageError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    data = SimulationData.from_manifest(args.data, pool_size=args.pool, test_size=args.test)
+    data = SimulationData.from_manifest(
+        args.data, schema=_schema(args.label_config), pool_size=args.pool, test_size=args.test
+    )
+    cache = feature_cache(args)
     result = simulate(
         data,
         strategies,
@@ -338,6 +377,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         train_config=config,
         calibration_labels=args.calibration_labels,
         jobs=args.jobs,
+        cache_features=cache is not None,
+        feature_cache=cache,
     )
     print(f"wrote {result.results_path} and {result.report_path}")
 

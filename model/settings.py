@@ -8,9 +8,14 @@ downloading an image and for decoding it.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from model.nn.feature_cache import FeatureCache
 
 
 class ImageLimits(BaseSettings):
@@ -30,6 +35,36 @@ class ImageLimits(BaseSettings):
     max_image_bytes: int = Field(
         default=30 * 1024 * 1024, gt=0, description="files (and downloads) larger than this are refused"
     )
+
+
+class CacheSettings(BaseSettings):
+    """Where frozen-backbone features are kept between trainings and scorings (model.nn.feature_cache)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True, hide_input_in_errors=True
+    )
+
+    feature_cache_dir: Path | None = Field(
+        default=None,
+        description="folder of the feature cache (default: ~/.cache/weather-al/features; the backend: "
+        "MODEL_DIR/feature-cache)",
+    )
+    feature_cache_max_mb: int = Field(
+        default=4096,
+        ge=0,
+        description="the cache's size bound in MiB; 0 turns the cache off (every pass runs the whole backbone)",
+    )
+
+    def feature_cache(self, default_dir: Path) -> FeatureCache | None:
+        """The cache these settings describe, under ``default_dir`` unless FEATURE_CACHE_DIR says otherwise."""
+        if self.feature_cache_max_mb == 0:
+            return None
+        from model.nn.feature_cache import FeatureCache
+
+        return FeatureCache(self.feature_cache_dir or default_dir, self.feature_cache_max_mb * 2**20)
+
+
+DEFAULT_FEATURE_CACHE_DIR = Path.home() / ".cache" / "weather-al" / "features"
 
 
 @lru_cache(maxsize=1)

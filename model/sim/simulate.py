@@ -218,7 +218,7 @@ def simulate(
     jobs: int = 1,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     cache_features: bool = True,
-    feature_cache_dir: str | Path | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> SimulationResult:
     """Run ``cycles`` rounds of active learning per strategy and seed; write results.csv and report.html.
 
@@ -229,9 +229,8 @@ def simulate(
     The pool and the test set are decoded once (model.data.decoded), not once per cycle. ``jobs``
     runs that many (strategy, seed) runs side by side in their own processes, each with an equal
     share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
-    ``cache_features`` trains and scores through the feature cache (model.nn.feature_cache), kept in
-    ``feature_cache_dir`` (default: beside the decoded images, removed at the end); without it every
-    pass runs the whole backbone.
+    ``cache_features`` trains and scores through ``feature_cache`` (model.nn.feature_cache; default: one
+    beside the decoded images, removed at the end); without it every pass runs the whole backbone.
     ``on_row`` gets each row too, once it is in results.csv: a caller keeps or reports runs as they go.
     """
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
@@ -315,7 +314,7 @@ def simulate(
             workers=max(workers, min(jobs, os.cpu_count() or 1) - 1),
             progress=progress,
         )
-        cache = FeatureCache(feature_cache_dir or Path(tmp) / "features") if cache_features else None
+        cache = (feature_cache or FeatureCache(Path(tmp) / "features")) if cache_features else None
         inputs = _Inputs(decoded, cache)
         if jobs == 1:
             traces = [_run(sim, strategy, seed, loop, inputs, record) for strategy, seed in runs]

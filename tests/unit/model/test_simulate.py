@@ -128,3 +128,28 @@ def test_parallel_runs_record_every_cycle_in_run_order(scenes, tmp_path):
         if a.strategy == "random":  # its picks do not depend on the model: a worker draws what the serial run drew
             assert np.array_equal(a.train_ids, b.train_ids)
     assert not list((tmp_path / "parallel").glob(".decoded-*"))  # the decoded pixels are cleaned up
+
+
+def test_simulate_takes_any_label_config(scenes, tmp_path):
+    """A one-head project (weather only) simulates with its own heads, through the feature cache asked for."""
+    config = tmp_path / "weather_only.xml"
+    config.write_text(
+        '<View><Image name="image" value="$image"/>'
+        '<Choices name="weather" toName="image" choice="single">'
+        '<Choice value="clear"/><Choice value="rain"/><Choice value="snow"/></Choices></View>'
+    )
+    training = tmp_path / "training.json"
+    training.write_text(json.dumps(TINY_TRAINING))
+    out, cache = tmp_path / "sim", tmp_path / "features"
+    argv = ["simulate", "--data", str(scenes.manifest_path), "--out", str(out), "--pool", str(POOL)]
+    argv += ["--test", str(TEST), "--seed-size", str(SEED_SIZE), "--k", str(K), "--audit", str(AUDIT)]
+    argv += ["--cycles", "1", "--seeds", "0", "--strategies", "margin", "--config", str(training)]
+    argv += ["--label-config", str(config), "--feature-cache", str(cache)]
+    assert main(argv) == 0
+    with (out / "results.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == result_columns(LabelSchema.from_file(config))
+    assert "f1_weather" in reader.fieldnames and "f1_timeofday" not in reader.fieldnames
+    assert len(rows) == 2 and all(0.0 <= float(r["macro_f1"]) <= 1.0 for r in rows)
+    assert list(cache.rglob("*.bin"))  # the features were kept where the command line said
