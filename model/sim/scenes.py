@@ -779,7 +779,9 @@ def generate(
     if workers == 1 or n < 2 * workers:
         results = [r for r in tqdm(map(_make_one, jobs), **bar)]
     else:
-        with multiprocessing.get_context().Pool(workers) as pool:
+        # spawn, not fork: a process that already ran torch (a test session, a notebook) can fork a child
+        # holding an OpenMP or logging lock, and that child then waits forever (seen in CI)
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             results = list(tqdm(pool.imap(_make_one, jobs, chunksize=8), **bar))
     truth, noisy = [r[0] for r in results], [r[1] for r in results]
 
