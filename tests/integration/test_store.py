@@ -24,7 +24,7 @@ def _add_machine_labels(root: str, ids: list[int]) -> None:
 
 
 def test_state_updates_from_two_processes_are_not_lost(tmp_path):
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork can copy a lock held by another thread and hang
     procs = [ctx.Process(target=_add_machine_labels, args=(str(tmp_path), list(range(k, 120, 2)))) for k in (0, 1)]
     for p in procs:
         p.start()
