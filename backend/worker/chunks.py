@@ -20,6 +20,7 @@ from backend.settings import Settings, get_settings
 from backend.store import ModelStore
 from model.atomic import write_atomic, write_json_atomic
 from model.data.examples import Example
+from model.progress import Report, silent
 from model.training.scoring import ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -28,12 +29,19 @@ CHUNK_CLAIM_S = 900
 
 
 def score_pool(
-    pid: str, version: str, examples: list[Example], settings: Settings, store: ModelStore, broker: Broker | None
+    pid: str,
+    version: str,
+    examples: list[Example],
+    settings: Settings,
+    store: ModelStore,
+    broker: Broker | None,
+    report: Report = silent,
 ) -> ScoreResult:
     """Score the pool in chunks; other workers that are free help through ``score_chunks`` jobs.
 
     Chunks are claimed in Redis with an expiry, so a chunk whose worker died is scored again by
-    whoever finds its claim expired; results are files in the version folder.
+    whoever finds its claim expired; results are files in the version folder. ``report`` hears the
+    images scored of the whole pool, by every worker.
     """
     out = store.version_dir(pid, version) / "scores"
     out.mkdir(exist_ok=True)
@@ -45,12 +53,18 @@ def score_pool(
             broker.queue.enqueue(
                 "backend.worker.chunks.score_chunks", int(pid), version, job_timeout=3600, result_ttl=600
             )
-    score_chunks(int(pid), version, broker=broker, wait=True)
+    score_chunks(int(pid), version, broker=broker, wait=True, report=report)
     return _merge_chunks(store, pid, version, len(chunks))
 
 
-def score_chunks(project_id: int, version: str, broker: Broker | None = None, wait: bool = False) -> int:
-    """Claim and score chunks of a version's pool until none is left; ``wait`` also waits for others'."""
+def score_chunks(
+    project_id: int, version: str, broker: Broker | None = None, wait: bool = False, report: Report = silent
+) -> int:
+    """Claim and score chunks of a version's pool until none is left; ``wait`` also waits for others'.
+
+    ``report`` hears ``("scoring", images scored, pool size)`` counting every worker's finished chunks, so
+    a run waiting for its helpers still shows them moving; other phases (features) pass through as they are.
+    """
     settings = get_settings()
     store = ModelStore(settings.model_dir)
     broker = broker if broker is not None else (Broker(settings.redis_url) if settings.redis_url else None)
@@ -58,9 +72,11 @@ def score_chunks(project_id: int, version: str, broker: Broker | None = None, wa
     out = store.version_dir(pid, version) / "scores"
     plan = json.loads((out / "plan.json").read_text())
     model = store.load(pid, version)
+    total = sum(len(chunk) for chunk in plan)
     done = 0
     while True:
-        missing = [i for i in range(len(plan)) if not (out / f"chunk-{i}.npz").is_file()]
+        missing = _missing(out, plan)
+        report("scoring", total - sum(len(plan[i]) for i in missing), total)
         if not missing:
             return done
         claimed_any = False
@@ -71,13 +87,31 @@ def score_chunks(project_id: int, version: str, broker: Broker | None = None, wa
                 continue
             claimed_any = True
             examples = [Example(key=r["key"], source=r["source"]) for r in plan[i]]
-            res = model.score(examples, batch_size=settings.predict_batch)
+            scored = total - sum(len(plan[j]) for j in _missing(out, plan))  # this worker's and the others' chunks
+            res = model.score(examples, batch_size=settings.predict_batch, report=_in_pool(report, scored, total))
             _save_chunk(out / f"chunk-{i}.npz", res)
             done += 1
         if not wait:
             return done
         if not claimed_any:
             time.sleep(1.0 + random.random())
+
+
+def _missing(out: Path, plan: list[list[dict[str, str]]]) -> list[int]:
+    """The chunks of ``plan`` no worker has finished yet."""
+    return [i for i in range(len(plan)) if not (out / f"chunk-{i}.npz").is_file()]
+
+
+def _in_pool(report: Report, before: int, total: int) -> Report:
+    """A chunk's ``report``: its scoring counts as images of the whole pool, ``before`` of them scored already."""
+
+    def chunk_report(phase: str, done: int, chunk_total: int) -> None:
+        if phase == "scoring":
+            report(phase, before + done, total)
+        else:
+            report(phase, done, chunk_total)
+
+    return chunk_report
 
 
 def _save_chunk(path: Path, res: ScoreResult) -> None:

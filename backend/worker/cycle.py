@@ -32,12 +32,14 @@ from backend.worker.autolabel import accept_band, update_views
 from backend.worker.chunks import score_pool
 from backend.worker.images import fetch_all
 from backend.worker.lease import RunLease, _no_check
+from backend.worker.progress import CycleProgress
 from backend.worker.project_data import read_project
 from backend.worker.promotion import should_promote
 from model.al.cycle import is_calibration_holdout, plan_cycle
 from model.al.strategies import PoolView
 from model.atomic import write_json_atomic
 from model.data.examples import Example, ExampleSet
+from model.progress import Report, silent
 from model.schema import LabelSchema
 from model.training.trainer import TrainConfig, train
 
@@ -63,8 +65,9 @@ def train_project(project_id: int) -> dict[str, Any]:
     broker.start_run(pid, job_id)
     lease.start()
     store = ModelStore(settings.model_dir, broker.conn)
+    progress = CycleProgress(broker.conn, pid, job)
     try:
-        summary = run_cycle(pid, settings, store, broker, lease.check)
+        summary = run_cycle(pid, settings, store, broker, lease.check, progress)
         _count_run(store, pid, summary.get("result", "done"))
         log_cycle(pid, job_id, summary)
         return summary
@@ -74,6 +77,7 @@ def train_project(project_id: int) -> dict[str, Any]:
         log_cycle(pid, job_id, {"result": "lock_lost" if lease.lost.is_set() else "failed", "error": repr(exc)[:500]})
         raise
     finally:
+        progress.clear()
         lease.stop()
 
 
@@ -84,9 +88,17 @@ def log_cycle(pid: str, job_id: str | None, summary: dict[str, Any]) -> None:
 
 
 def run_cycle(
-    pid: str, settings: Settings, store: ModelStore, broker: Broker | None, still_held: Callable[[], None] = _no_check
+    pid: str,
+    settings: Settings,
+    store: ModelStore,
+    broker: Broker | None,
+    still_held: Callable[[], None] = _no_check,
+    progress: CycleProgress | None = None,
 ) -> dict[str, Any]:
     """One active-learning cycle of project ``pid``; ``still_held`` raises if the run lost its lock (see RunLease).
+
+    ``progress`` hears the training's and the pool scoring's phase and counts, for /metrics, the job's
+    status and the demo's bars.
 
     The writes land in an order that a crash anywhere leaves consistent: a new version is saved aside, its
     calibration, audit sample and state are recorded, its predictions imported, and only then is it made
@@ -141,8 +153,12 @@ def run_cycle(
     calib_set = [e for e in examples if int(e.key) in calib_ids]
 
     version = store.new_version_name(pid)
+    report: Report = silent
+    if progress is not None:
+        progress.version = version
+        report = progress
     t0 = time.perf_counter()
-    result = train(train_set, training_config(settings), progress=False, version=version)
+    result = train(train_set, training_config(settings), progress=False, version=version, report=report)
     model = result.model
     timings = {"train_s": time.perf_counter() - t0}
     still_held()
@@ -175,7 +191,7 @@ def run_cycle(
     pool_examples = [
         Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths
     ]
-    pool = score_pool(pid, version, pool_examples, settings, store, broker)
+    pool = score_pool(pid, version, pool_examples, settings, store, broker, report)
     calib = model.score(calib_set, workers=0) if calib_set else None
     timings["score_s"] = time.perf_counter() - t0
 

@@ -20,6 +20,7 @@ from backend.store import ModelStore
 from backend.worker import cycle as jobs
 from backend.worker.cycle import run_cycle
 from backend.worker.lease import LockLost, RunLease
+from backend.worker.progress import CycleProgress, read_progress
 from backend.worker.project_data import read_project
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.training.trainer import TrainConfig
@@ -184,3 +185,37 @@ def test_a_persons_label_wins_over_a_machine_one_and_trains(caplog):
     assert labeled == {1: (0, 0), 2: (0, 0), 4: (1, 1)}
     assert not data.unlabeled
     assert "[1, 2]" in caplog.text and "person's trains" in caplog.text
+
+
+def test_a_cycle_reports_its_training_and_the_whole_pools_scoring(project):
+    """Issue 13: the epochs trained and the images scored reach the project's progress, the pool counted whole
+    across its chunks (6 unlabeled tasks in chunks of 4 and 2)."""
+    fake, settings, store = project
+    broker = Broker(REDIS_URL)
+    if not broker.ping():
+        pytest.fail(f"this test needs a real Redis at {REDIS_URL}")
+    broker.conn.flushdb()
+    calls: list[tuple[str, int, int]] = []
+
+    class Recording(CycleProgress):
+        def __call__(self, phase: str, done: int, total: int) -> None:
+            calls.append((phase, done, total))
+            super().__call__(phase, done, total)
+
+    out = run_cycle(
+        "3", settings.model_copy(update={"score_chunk": 4}), store, broker, progress=Recording(broker.conn, "3")
+    )
+    assert out["result"] == "promoted"
+    training = [c for c in calls if c[0] == "training"]
+    assert training and training[0][1] == 1 and all(total == training[0][2] for _, _, total in training)
+    scoring = [(done, total) for phase, done, total in calls if phase == "scoring"]
+    assert scoring[0] == (0, 6) and scoring[-1] == (6, 6) and {total for _, total in scoring} == {6}
+    assert [done for done, _ in scoring] == sorted(done for done, _ in scoring)  # never backwards across chunks
+    shown = read_progress(broker.conn, "3")
+    assert shown is not None and (shown.phase, shown.done, shown.total, shown.version) == (
+        "scoring",
+        6,
+        6,
+        out["version"],
+    )
+    broker.conn.flushdb()
