@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from label_studio_sdk import LabelStudio
+from tqdm.auto import tqdm
 
 from backend.dev.local_label_studio import LocalLabelStudio, start_label_studio
 from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
@@ -37,6 +39,7 @@ from backend.labelstudio.predictions import choices_result
 from backend.labelstudio.tasks import resolve_local_url
 from backend.queue import start_embedded_redis
 from backend.store import ModelStore
+from backend.worker.progress import read_progress
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 
 logger = logging.getLogger(__name__)
@@ -262,14 +265,75 @@ def finished_runs(model_dir: Path, project: int) -> int:
     return sum((ModelStore(model_dir).state(str(project)).get("runs") or {}).values())
 
 
-def wait_for_run(ls: LabelStudio, project: int, model_dir: Path, runs_before: int, timeout: float = 1800) -> str | None:
-    """Wait until one more training run has finished; returns the project's model version then."""
+def wait_for_run(
+    ls: LabelStudio,
+    project: int,
+    model_dir: Path,
+    runs_before: int,
+    timeout: float = 1800,
+    redis_url: str | None = None,
+) -> str | None:
+    """Wait until one more training run has finished; returns the project's model version then.
+
+    With ``redis_url`` (the workers' Redis), a bar per phase of the running cycle shows how far it has got.
+    """
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if finished_runs(model_dir, project) > runs_before:
-            return ls.projects.get(id=project).model_version
-        time.sleep(2)
+    bars = PhaseBars(redis.Redis.from_url(redis_url), project) if redis_url else None
+    try:
+        while time.time() < deadline:
+            if finished_runs(model_dir, project) > runs_before:
+                return ls.projects.get(id=project).model_version
+            if bars is None:
+                time.sleep(2)
+                continue
+            bars.update()
+            time.sleep(0.5)
+    finally:
+        if bars is not None:
+            bars.close()
     raise TimeoutError(f"no training run of project {project} finished within {timeout:.0f} s; see the worker log")
+
+
+class PhaseBars:
+    """A tqdm bar per phase of a project's running cycle, from the progress the worker writes to Redis."""
+
+    UNITS = {"training": "epoch"}  # features and scoring count images
+
+    def __init__(self, conn: redis.Redis, project: int) -> None:
+        self.conn, self.project = conn, str(project)
+        self._bar: tqdm | None = None
+        self._shown: tuple[str, str, float] | None = None  # (job, phase, started) of the bar
+
+    def update(self) -> None:
+        """Move the bar to the last progress written; a new phase ends the old bar where its phase ended."""
+        try:
+            progress = read_progress(self.conn, self.project)
+        except redis.RedisError as exc:  # the bars wait; the run's end is read from the model store
+            logger.debug("cannot read the cycle's progress: %s", exc)
+            return
+        if progress is None:
+            return
+        shown = (progress.job, progress.phase, progress.started)
+        if shown != self._shown or self._bar is None:
+            ended = self._shown is not None and self._shown[::2] == (progress.job, progress.previous_started)
+            if self._bar is not None and ended:  # the phase shown is the one that just ended: show where it did
+                self._bar.n = progress.previous_done
+                self._bar.refresh()
+            self.close()
+            self._shown = shown
+            self._bar = tqdm(
+                total=progress.total,
+                desc=f"{progress.phase} {progress.version}".strip(),
+                unit=self.UNITS.get(progress.phase, "image"),
+            )
+        self._bar.total = progress.total
+        self._bar.n = progress.done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]]:
@@ -336,7 +400,7 @@ def _run_demo(
         models = Path(stack.env["MODEL_DIR"])
         print("training the first model (Start Training) ...")
         ls.ml.train(id=ml.id)
-        version = wait_for_run(ls, project, models, 0)
+        version = wait_for_run(ls, project, models, 0, redis_url=stack.redis_url)
         store = ModelStore(models)
 
         def machine_ids() -> set[int]:
@@ -354,7 +418,7 @@ def _run_demo(
                 f"and {len(audit)} audit tasks; retraining ..."
             )
             ls.ml.train(id=ml.id)
-            version = wait_for_run(ls, project, models, runs)
+            version = wait_for_run(ls, project, models, runs, redis_url=stack.redis_url)
             rows.append(cycle_row(ls, project, answers, version, c, machine_ids()))
         print_table(rows)
         url = f"{stack.label_studio.url}/projects/{project}/data"

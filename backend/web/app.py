@@ -31,6 +31,7 @@ from backend.queue import Broker, QueueUnavailable
 from backend.settings import Settings, project_settings
 from backend.store import MAX_PROJECT_ID_DIGITS, ModelStore, is_project_id
 from backend.web.predictor import Predictor, SchemaMismatch
+from backend.worker.progress import running_cycles
 from model.schema import LabelSchema, SchemaError
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def create_app(settings: Settings, broker: Broker | None = None, store: ModelSto
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 100),
     )
     registry.register(_StoreCollector(store))
+    if broker is not None:
+        registry.register(_ProgressCollector(broker))
 
     def json_body() -> dict[str, Any]:
         try:
@@ -403,3 +406,41 @@ class _StoreCollector:
         yield runs
         yield human
         yield machine
+
+
+class _ProgressCollector:
+    """The running training cycle of each project: its phase, how far it has got, and since when.
+
+    Read from Redis at scrape time (the worker writes it, backend/worker/progress.py); a project that is not
+    training has no series. Redis being away costs these series, never the scrape.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def collect(self):
+        labels = ["project", "phase", "job", "version"]
+        done = GaugeMetricFamily(
+            "weather_al_cycle_phase_done",
+            "epochs trained or images done in the running cycle's phase",
+            labels=labels,
+        )
+        total = GaugeMetricFamily(
+            "weather_al_cycle_phase_total", "the running cycle's epochs or images planned in its phase", labels=labels
+        )
+        started = GaugeMetricFamily(
+            "weather_al_cycle_phase_started_timestamp_seconds", "when the running cycle's phase started", labels=labels
+        )
+        try:
+            cycles = running_cycles(self.broker)
+        except redis.RedisError as exc:
+            logger.warning("/metrics: cannot read the running cycles' progress from Redis: %s", exc)
+            cycles = []
+        for p in cycles:
+            values = [p.project, p.phase, p.job, p.version]
+            done.add_metric(values, p.done)
+            total.add_metric(values, p.total)
+            started.add_metric(values, p.started)
+        yield done
+        yield total
+        yield started
