@@ -32,6 +32,7 @@ import math
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,11 @@ DEFAULT_MAX_BYTES = 4 * 1024**3
 CLEAN_VIEW = 0
 _DIGEST = 16
 _EVICT_EVERY_S = 30.0
+# Per network, the spaces computed for it (see FeatureCache.space); per (backbone, depth, size), entry shapes
+_spaces: weakref.WeakKeyDictionary[MultiHeadNet, dict[tuple[int, int], tuple[tuple[Any, ...], FeatureSpace]]] = (
+    weakref.WeakKeyDictionary()
+)
+_shapes: dict[tuple[str, int, int], tuple[tuple[int, ...], int]] = {}
 
 
 @dataclass(frozen=True)
@@ -101,30 +107,44 @@ class FeatureCache:
     # -- keys ---------------------------------------------------------------------------------------
 
     def space(self, net: MultiHeadNet, depth: int, image_size: int) -> FeatureSpace:
-        """The space of ``net``'s first ``depth`` stage groups (1..4) at ``image_size``."""
+        """The space of ``net``'s first ``depth`` stage groups (1..4) at ``image_size``.
+
+        Hashing the frozen weights costs tens of milliseconds, as much as a forward pass: the result is
+        remembered per network until one of those tensors changes (torch counts in-place changes in
+        each tensor's ``_version``; an optimizer step or ``load_state_dict`` moves it).
+        """
         if not 1 <= depth <= 4:
             raise ValueError(f"a cached prefix is 1..4 stage groups deep, got {depth}")
         backbone = net.backbone
+        tensors = [(n, t) for g in backbone.stage_groups()[:depth] for n, t in sorted(g.state_dict().items())]
+        stamp = tuple((t.data_ptr(), t._version) for _, t in tensors)
+        known = _spaces.setdefault(net, {})
+        if known.get((depth, image_size), (None,))[0] == stamp:
+            return known[(depth, image_size)][1]
         digest = hashlib.blake2b(digest_size=16)
         transforms = (
             eval_transform(backbone.mean, backbone.std),
             train_transform(image_size, backbone.mean, backbone.std),
         )
         digest.update(f"{backbone.name}|{depth}|{image_size}|{transforms!r}".encode())
-        for group in backbone.stage_groups()[:depth]:
-            for name, tensor in sorted(group.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        device = next(net.parameters()).device
-        with torch.inference_mode():
-            x, pooled = _prefix(net, torch.zeros(1, 3, image_size, image_size, device=device), depth)
-        return FeatureSpace(
+        for name, tensor in tensors:
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        shape = _shapes.get((backbone.name, depth, image_size))
+        if shape is None:
+            device = next(net.parameters()).device
+            with torch.inference_mode():
+                x, pooled = _prefix(net, torch.zeros(1, 3, image_size, image_size, device=device), depth)
+            shape = _shapes[(backbone.name, depth, image_size)] = (tuple(x.shape[1:]), int(pooled.shape[1]))
+        space = FeatureSpace(
             path=self.root / digest.hexdigest(),
             depth=depth,
             image_size=image_size,
-            map_shape=tuple(x.shape[1:]),
-            pooled_dim=int(pooled.shape[1]),
+            map_shape=shape[0],
+            pooled_dim=shape[1],
         )
+        known[(depth, image_size)] = (stamp, space)
+        return space
 
     def content_key(self, example: Example) -> str:
         """BLAKE2b of the image file's bytes, remembered per (path, size, mtime, inode) within this process."""

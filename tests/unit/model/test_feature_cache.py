@@ -143,6 +143,10 @@ def test_different_frozen_weights_are_different_spaces(schema: LabelSchema, tmp_
     assert cache.space(a.net, 4, SIZE).path != cache.space(b.net, 4, SIZE).path
     assert cache.space(a.net, 4, SIZE).path != cache.space(a.net, 3, SIZE).path
     assert cache.space(a.net, 4, SIZE) == cache.space(make_model(schema, 2, seed=0).net, 4, SIZE)
+    before = cache.space(a.net, 4, SIZE)
+    with torch.no_grad():
+        a.net.backbone.net.conv_stem.weight.mul_(1.01)  # the same network object, changed in place
+    assert cache.space(a.net, 4, SIZE).path != before.path
 
 
 def test_the_size_bound_removes_the_least_recently_used(
