@@ -6,21 +6,25 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import AliasChoices, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from model.settings import ImageLimits
+from model.settings import CacheSettings, ImageLimits
+
+if TYPE_CHECKING:
+    from model.nn.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
 
 
-class Settings(ImageLimits):
+class Settings(ImageLimits, CacheSettings):
     """Every knob of the backend. Set them as environment variables (or in a ``.env`` file).
 
     The image limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS) come from ``model.settings.ImageLimits``, so the
-    download cap and the decoder's cap are one setting.
+    download cap and the decoder's cap are one setting; the feature cache's (FEATURE_CACHE_DIR,
+    FEATURE_CACHE_MAX_MB) from ``model.settings.CacheSettings``.
     """
 
     # env_ignore_empty: docker-compose passes every setting as ${NAME:-}, so an empty value means "unset"
@@ -203,3 +207,11 @@ def project_settings(extra_params: Any) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def feature_cache(settings: Settings) -> FeatureCache | None:
+    """The feature cache the web process and the workers share: MODEL_DIR/feature-cache unless set otherwise.
+
+    One cache serves every project: its entries are keyed by image content and frozen weights, not by project.
+    """
+    return settings.feature_cache(settings.model_dir / "feature-cache")

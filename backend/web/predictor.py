@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.labelstudio.fetch import FetchError, ImageFetcher
 from backend.labelstudio.predictions import load_calibrator, prediction_items
-from backend.settings import Settings
+from backend.settings import Settings, feature_cache
 from backend.store import ModelStore
 from model.data.examples import Example
 from model.schema import LabelSchema
@@ -35,6 +35,7 @@ class Predictor:
     def __init__(self, settings: Settings, store: ModelStore) -> None:
         self.settings = settings
         self.store = store
+        self.features = feature_cache(settings)
         self._cache: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
@@ -91,7 +92,7 @@ class Predictor:
         examples = [Example(key=str(i), source=str(p)) for i, p in fetched]
         # workers=0: forking DataLoader workers from a threaded web process is unsafe, and the
         # thread pool above already overlaps the slow part (the network)
-        result = model.score(examples, batch_size=self.settings.predict_batch, workers=0)
+        result = model.score(examples, batch_size=self.settings.predict_batch, workers=0, cache=self.features)
         for row_key, reason in result.failures:  # the keys are positions in the request; name the task
             logger.warning("task %s: no prediction: %s", tasks[int(row_key)].get("id"), reason)
         calibrator = load_calibrator(self.store.version_dir(project, model.version))

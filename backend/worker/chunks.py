@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from backend.queue import Broker
-from backend.settings import Settings, get_settings
+from backend.settings import Settings, feature_cache, get_settings
 from backend.store import ModelStore
 from model.atomic import write_atomic, write_json_atomic
 from model.data.examples import Example
@@ -72,6 +72,7 @@ def score_chunks(
     out = store.version_dir(pid, version) / "scores"
     plan = json.loads((out / "plan.json").read_text())
     model = store.load(pid, version)
+    cache = feature_cache(settings)
     total = sum(len(chunk) for chunk in plan)
     done = 0
     while True:
@@ -88,7 +89,9 @@ def score_chunks(
             claimed_any = True
             examples = [Example(key=r["key"], source=r["source"]) for r in plan[i]]
             scored = total - sum(len(plan[j]) for j in _missing(out, plan))  # this worker's and the others' chunks
-            res = model.score(examples, batch_size=settings.predict_batch, report=_in_pool(report, scored, total))
+            res = model.score(
+                examples, batch_size=settings.predict_batch, report=_in_pool(report, scored, total), cache=cache
+            )
             _save_chunk(out / f"chunk-{i}.npz", res)
             done += 1
         if not wait:

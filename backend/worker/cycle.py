@@ -26,7 +26,7 @@ from backend.labelstudio.client import UNCERTAINTY, UNIFORM, LabelStudioProject
 from backend.labelstudio.fetch import ImageFetcher
 from backend.labelstudio.predictions import CALIBRATION_FILE, prediction_items
 from backend.queue import Broker
-from backend.settings import Settings, get_settings
+from backend.settings import Settings, feature_cache, get_settings
 from backend.store import ModelStore
 from backend.worker.autolabel import accept_band, update_views
 from backend.worker.chunks import score_pool
@@ -158,7 +158,8 @@ def run_cycle(
         progress.version = version
         report = progress
     t0 = time.perf_counter()
-    result = train(train_set, training_config(settings), progress=False, version=version, report=report)
+    cache = feature_cache(settings)
+    result = train(train_set, training_config(settings), progress=False, version=version, report=report, cache=cache)
     model = result.model
     timings = {"train_s": time.perf_counter() - t0}
     still_held()
@@ -192,7 +193,7 @@ def run_cycle(
         Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths
     ]
     pool = score_pool(pid, version, pool_examples, settings, store, broker, report)
-    calib = model.score(calib_set, workers=0) if calib_set else None
+    calib = model.score(calib_set, workers=0, cache=cache) if calib_set else None
     timings["score_s"] = time.perf_counter() - t0
 
     rng = np.random.default_rng(zlib.crc32(version.encode()))

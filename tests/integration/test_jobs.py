@@ -211,6 +211,9 @@ def test_a_cycle_reports_its_training_and_the_whole_pools_scoring(project):
     scoring = [(done, total) for phase, done, total in calls if phase == "scoring"]
     assert scoring[0] == (0, 6) and scoring[-1] == (6, 6) and {total for _, total in scoring} == {6}
     assert [done for done, _ in scoring] == sorted(done for done, _ in scoring)  # never backwards across chunks
+    features = [(done, total) for phase, done, total in calls if phase == "features"]
+    assert features and features[-1][0] == features[-1][1]  # the frozen features were computed, to the end
+    assert list((settings.model_dir / "feature-cache").rglob("*.bin"))  # and kept for the next cycle
     shown = read_progress(broker.conn, "3")
     assert shown is not None and (shown.phase, shown.done, shown.total, shown.version) == (
         "scoring",
