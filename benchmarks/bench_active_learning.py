@@ -16,6 +16,13 @@ loss+diversity. Prints, and writes to OUT/benchmark.md:
 - the loss module's AUROC for wrong predictions beside max-softmax's, per cycle;
 - time per cycle per phase.
 
+Resumable: each (strategy, seed) run is kept when it finishes, under ``--cache-dir`` (default
+``~/.cache/weather-al/bench-active-learning``) in a folder named by a hash of every setting that changes
+the results, so running the same command again, in this session or a later one, runs only what is
+missing and then prints the tables of all. The code's commit is not part of that hash (work on the code
+would otherwise throw finished runs away); each run records its commit and the report lists them.
+``--fresh`` runs everything again. One line per finished cycle says how long the benchmark has left.
+
 Small version on CPU: ``python benchmarks/bench_active_learning.py --pool 300 --seed-size 100 --k 50
 --audit 20 --cycles 2 --seeds 0 --image-size 96 --epochs 3 --out runs/bench-smoke``. Full version on a
 GPU host (16 cores): ``python benchmarks/bench_active_learning.py --device cuda --workers 0 --jobs 15``.
@@ -25,10 +32,21 @@ Scenes come from the folder the other benchmarks share (benchmarks/common.py).
 from __future__ import annotations
 
 import argparse
+import csv
+import fcntl
+import hashlib
 import json
 import logging
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import SCENES, machine, synthetic_set
@@ -36,10 +54,28 @@ from common import SCENES, machine, synthetic_set
 from model.al.bands import draw_audit_sample
 from model.al.certify import certify_threshold
 from model.al.strategies import STRATEGY_NAMES
-from model.sim.report import curves
-from model.sim.results import RunTrace
-from model.sim.simulate import SimulationData, default_test_size, simulate
+from model.atomic import write_json_atomic
+from model.cli import feature_cache
+from model.schema import LabelSchema
+from model.settings import DEFAULT_FEATURE_CACHE_DIR
+from model.sim.report import curves, write_report
+from model.sim.results import FinishedRun, RunStore, RunTrace, SimulationResult
+from model.sim.simulate import (
+    REPORT_FILE,
+    RESULTS_FILE,
+    SimulationData,
+    _csv_value,
+    default_test_size,
+    result_columns,
+    simulate,
+)
 from model.training.trainer import TrainConfig
+
+logger = logging.getLogger("bench_active_learning")
+#: Where finished runs are kept, one folder per settings key, so that a later session carries on.
+CACHE = Path.home() / ".cache" / "weather-al" / "bench-active-learning"
+REPO = Path(__file__).resolve().parents[1]
+Run = tuple[str, int]  # (strategy, seed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +125,185 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--delta", type=float, default=0.05)
+    p.add_argument(
+        "--cache-dir", type=Path, default=CACHE, help=f"where finished runs are kept, per settings (default {CACHE})"
+    )
+    p.add_argument("--fresh", action="store_true", help="run every run again, ignoring finished ones")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=None,
+        help="the frozen-backbone feature cache every run and session shares (default: FEATURE_CACHE_DIR, else "
+        f"{DEFAULT_FEATURE_CACHE_DIR})",
+    )
+    cache.add_argument(
+        "--no-feature-cache", action="store_true", help="run the whole backbone on every pass (to compare with it)"
+    )
     return p.parse_args(argv)
+
+
+def settings_key(args: argparse.Namespace, config: TrainConfig, test: int) -> tuple[str, dict[str, Any]]:
+    """A short hash of every setting that changes a run's results, and those settings.
+
+    Device, DataLoader workers and where the feature cache lives change only the speed; whether there
+    is one changes the training (fixed augmented views). The code's commit is left out on purpose:
+    finished runs survive work on the code, and each records the commit it ran at instead.
+    """
+    inputs = {
+        "data": str(args.data.resolve()),
+        "pool": args.pool,
+        "test": test,
+        "seed_size": args.seed_size,
+        "k": args.k,
+        "audit": args.audit,
+        "cycles": args.cycles,
+        "calibration_labels": args.calibration_labels,
+        "target": args.target,
+        "delta": args.delta,
+        "train_config": {k: v for k, v in config.to_dict().items() if k not in ("device", "workers")},
+        "feature_cache": not args.no_feature_cache,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12], inputs
+
+
+def batches(todo: list[Run], jobs: int) -> list[tuple[list[str], list[int]]]:
+    """The simulate() calls that run ``todo``: each a product strategies x seeds of at most ``jobs`` runs.
+
+    simulate() hands back the runs' traces when the call ends, so a call holds no more runs than run side
+    by side: every run is then kept about when it finishes, not when the whole benchmark does. Seeds stay
+    outermost; consecutive seeds with the same strategies left share a call when ``jobs`` allows.
+    """
+    calls: list[tuple[list[str], list[int]]] = []
+    for seed in dict.fromkeys(seed for _, seed in todo):
+        strategies = [s for s, d in todo if d == seed]
+        if calls and calls[-1][0] == strategies and len(strategies) * (len(calls[-1][1]) + 1) <= jobs:
+            calls[-1][1].append(seed)
+        else:
+            calls += [(strategies[i : i + jobs], [seed]) for i in range(0, len(strategies), jobs)]
+    return calls
+
+
+def cycle_seconds(row: dict[str, Any]) -> float:
+    return float(sum(row[p] for p in PHASES))
+
+
+class Progress:
+    """One line per finished cycle: its run, its index, its time, and how long the benchmark has left.
+
+    A cycle's time depends on its index (training grows with the labels) far more than on the strategy,
+    so what is left is the sum, over the cycles still to run, of the mean time recorded at that index
+    (by this session and by earlier ones, finished runs or not), spread over the runs side by side.
+    """
+
+    def __init__(self, recorded: list[dict[str, Any]], todo: list[Run], cycles: int, jobs: int) -> None:
+        self.times: dict[int, list[float]] = defaultdict(list)
+        for row in recorded:
+            self.times[row["cycle"]].append(cycle_seconds(row))
+        self.cycles, self.jobs = cycles, jobs
+        self.left = {run: cycles + 1 for run in todo}
+
+    def cycle_done(self, row: dict[str, Any]) -> str:
+        seconds = cycle_seconds(row)
+        self.times[row["cycle"]].append(seconds)
+        self.left[(row["strategy"], row["seed"])] -= 1
+        cycles_left = sum(self.left.values())
+        eta = self.seconds_left()
+        return (
+            f"{row['strategy']} seed {row['seed']}: cycle {row['cycle']}/{self.cycles} in {duration(seconds)}; "
+            f"{cycles_left} cycle(s) to go, " + ("unknown time" if eta is None else f"about {duration(eta)}") + " left"
+        )
+
+    def seconds_left(self) -> float | None:
+        """None while no cycle index has a time yet, else the estimate described in the class docstring."""
+        means = {c: float(np.mean(t)) for c, t in self.times.items()}
+        if not means:
+            return None
+
+        def mean_at(cycle: int) -> float:  # an index not timed yet: the nearest timed one below, else above
+            below = [c for c in means if c <= cycle]
+            return means[max(below)] if below else means[min(means)]
+
+        total = sum(mean_at(c) for left in self.left.values() for c in range(self.cycles + 1 - left, self.cycles + 1))
+        side_by_side = min(self.jobs, sum(left > 0 for left in self.left.values())) or 1
+        return total / side_by_side
+
+
+def duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def git_commit() -> str:
+    """The checkout's commit, with -dirty when files differ from it; 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+@contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process alone: two benchmarks in one folder would restart each other's runs."""
+    with (folder / ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit(f"another benchmark is running with these settings in {folder}; wait for it or use --cache-dir")
+        yield
+
+
+def run_missing(
+    data: SimulationData, todo: list[Run], store: RunStore, args: argparse.Namespace, config: TrainConfig
+) -> None:
+    """Run ``todo`` with simulate(), keeping each run's rows as they come and the run when it finishes."""
+    progress = Progress(store.recorded_rows(), todo, args.cycles, args.jobs)  # before start() clears cut-short runs
+    commit = git_commit()
+    cache = feature_cache(args)  # one for all calls: simulate()'s own would be computed again for every run
+
+    def on_row(row: dict[str, Any]) -> None:
+        store.save_row(row)
+        logger.info(progress.cycle_done(row))
+
+    for stale in store.root.glob(".work-*"):  # the scratch folder of a session that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    for strategies, seeds in batches(todo, args.jobs):
+        for seed in seeds:
+            for strategy in strategies:
+                store.start(strategy, seed)
+        with tempfile.TemporaryDirectory(dir=store.root, prefix=".work-") as work:
+            result = simulate(
+                data,
+                strategies,
+                seeds,
+                work,
+                seed_size=args.seed_size,
+                k=args.k,
+                cycles=args.cycles,
+                audit_size=args.audit,
+                train_config=config,
+                target=args.target,
+                delta=args.delta,
+                calibration_labels=args.calibration_labels,
+                progress=False,  # the lines of Progress instead
+                report=False,
+                jobs=min(args.jobs, len(strategies) * len(seeds)),
+                on_row=on_row,
+                cache_features=cache is not None,
+                feature_cache=cache,
+            )
+        meta = {
+            "commit": commit,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": machine(),
+            "settings": result.settings,
+        }
+        for trace in result.traces:
+            store.finish(trace, meta)
 
 
 def labels_to_reach(labels: np.ndarray, f1: np.ndarray, goal: float) -> float | None:
@@ -240,6 +454,7 @@ def render(
     rates: list[tuple[dict, dict]],
     aurocs: dict,
     timings: dict,
+    commits: dict[str, list[Run]],
 ) -> str:
     lines = [
         "# Active-learning benchmark",
@@ -249,6 +464,12 @@ def render(
         f"{settings['train_config']['image_size']} px, {settings['train_config']['backbone']}, "
         f"{settings['train_config']['epochs']} epochs, calibration labels: {settings['calibration_labels']}, "
         f"target {settings['target']} at delta {settings['delta']}",
+        "",
+        "Code: "
+        + "; ".join(
+            f"{commit} ({', '.join(f'{strategy} seed {seed}' for strategy, seed in runs)})"
+            for commit, runs in commits.items()
+        ),
         "",
     ]
     lines += [
@@ -345,9 +566,37 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def merged(
+    finished: list[FinishedRun], strategies: list[str], seeds: list[int], args: argparse.Namespace
+) -> SimulationResult:
+    """All runs as one simulation's result, written to OUT as simulate() writes one: results.csv, report.html.
+
+    The settings are the first run's with this benchmark's strategies, seeds and jobs: the rest is the
+    same for every run kept under one settings key.
+    """
+    rows = [row for run in finished for row in run.rows]
+    settings = finished[0].meta["settings"] | {"strategies": strategies, "seeds": seeds, "jobs": args.jobs}
+    columns = result_columns(LabelSchema.from_file())
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = SimulationResult(
+        rows=rows,
+        traces=[run.trace for run in finished],
+        settings=settings,
+        results_path=args.out / RESULTS_FILE,
+        columns=columns,
+    )
+    with result.results_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: _csv_value(row.get(c)) for c in columns} for row in rows)
+    result.report_path = write_report(result, args.out / REPORT_FILE)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = set(strategies) - set(STRATEGY_NAMES)
     if unknown:
@@ -360,22 +609,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "backbone"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    data = SimulationData.from_manifest(manifest, pool_size=args.pool, test_size=test)
-    result = simulate(
-        data,
-        strategies,
-        seeds,
-        args.out,
-        seed_size=args.seed_size,
-        k=args.k,
-        cycles=args.cycles,
-        audit_size=args.audit,
-        train_config=config,
-        target=args.target,
-        delta=args.delta,
-        calibration_labels=args.calibration_labels,
-        jobs=args.jobs,
-    )
+    key, key_settings = settings_key(args, config, test)
+    store = RunStore(args.cache_dir / key)
+    store.root.mkdir(parents=True, exist_ok=True)
+    runs = [(strategy, seed) for seed in seeds for strategy in strategies]  # seeds outermost, as simulate() does
+    with exclusive(store.root):
+        write_json_atomic(store.root / "settings.json", key_settings)
+        todo = runs if args.fresh else [run for run in runs if not store.is_finished(*run)]
+        logger.info("%d of %d runs kept in %s; running %d", len(runs) - len(todo), len(runs), store.root, len(todo))
+        if todo:
+            data = SimulationData.from_manifest(manifest, pool_size=args.pool, test_size=test)
+            run_missing(data, todo, store, args, config)
+        finished = [store.load(*run) for run in runs]
+    result = merged(finished, strategies, seeds, args)
     eff = label_efficiency(result.rows)
     finals = final_per_seed(result.rows)
     honest = [repeated_audit_check(t, args.draws, args.target, args.delta, seed=t.seed) for t in result.traces]
@@ -390,14 +636,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate_draws
         else []
     )
+    commits: dict[str, list[Run]] = defaultdict(list)
+    for run in finished:
+        commits[run.meta["commit"]].append((run.trace.strategy, run.trace.seed))
     text = render(
-        args, result.settings, eff, finals, honest, rates, auroc_table(result.rows), timing_table(result.rows)
+        args,
+        result.settings,
+        eff,
+        finals,
+        honest,
+        rates,
+        auroc_table(result.rows),
+        timing_table(result.rows),
+        commits,
     )
     (args.out / "benchmark.md").write_text(text, encoding="utf-8")
     (args.out / "benchmark.json").write_text(
         json.dumps(
             {
                 "settings": result.settings,
+                "commits": commits,
                 "label_efficiency": eff,
                 "final": finals,
                 "honest_certification": honest,
@@ -409,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         encoding="utf-8",
     )
     print(text)
-    print(f"results: {result.results_path}; report: {result.report_path}")
+    print(f"results: {result.results_path}; report: {result.report_path}; runs kept in {store.root}")
     return 0
 
 
