@@ -6,17 +6,28 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AliasChoices, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from model.al.strategies import STRATEGY_NAMES
 from model.settings import CacheSettings, ImageLimits
 
 if TYPE_CHECKING:
     from model.nn.feature_cache import FeatureCache
 
 logger = logging.getLogger(__name__)
+
+
+def _known_strategy(name: str) -> str:
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"unknown selection strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    return name
+
+
+#: A selection strategy's name (model.al.strategies), checked wherever the setting is read
+StrategyName = Annotated[str, AfterValidator(_known_strategy)]
 
 
 class Settings(ImageLimits, CacheSettings):
@@ -71,6 +82,11 @@ class Settings(ImageLimits, CacheSettings):
         default=0.05, gt=0, lt=1, description="certification risk: the bound holds with probability 1 - delta"
     )
     manual_batch: int = Field(default=100, ge=1, description="K: tasks in the manual band per cycle")
+    strategy: StrategyName = Field(
+        default="loss",
+        description="how the manual band is chosen: loss (the paper's predicted loss), loss+diversity, entropy, "
+        "margin or random",
+    )
     audit_size: int = Field(default=30, ge=0, description="random candidates set aside for people to verify per cycle")
     promote_tolerance: float = Field(
         default=0.01,
@@ -157,6 +173,7 @@ PROJECT_SETTINGS = (
     "train_every",
     "min_labels",
     "manual_batch",
+    "strategy",
     "audit_size",
     "target_precision",
     "delta",

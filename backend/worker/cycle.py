@@ -203,7 +203,7 @@ def run_cycle(
         calib.all_correct() if calib is not None else np.zeros(0, dtype=bool),
         k=settings.manual_batch,
         audit_size=settings.audit_size,
-        strategy="loss",
+        strategy=settings.strategy,
         target=settings.target_precision,
         delta=settings.delta,
         rng=rng,

@@ -537,6 +537,7 @@ def test_setup_applies_the_connect_dialogs_extra_params(tmp_path, broker):
         ({"TRAIN_EVERY": 0}, "TRAIN_EVERY"),
         ("not json", "JSON object"),
         ({"LABEL_STUDIO_URL": "http://evil"}, "unknown Extra params"),
+        ({"STRATEGY": "best"}, "unknown selection strategy 'best'; choose one of loss, "),
     ]:
         r = c.post("/setup", json={**body, "extra_params": bad})
         assert r.status_code == 422 and words in r.get_json()["error"], r.get_json()

@@ -22,6 +22,7 @@ from backend.worker.cycle import run_cycle
 from backend.worker.lease import LockLost, RunLease
 from backend.worker.progress import CycleProgress, read_progress
 from backend.worker.project_data import read_project
+from model.al.cycle import plan_cycle
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.training.trainer import TrainConfig
 
@@ -166,6 +167,25 @@ def test_project_extra_params_apply_to_its_runs(project):
     store.update_state("3", extra_params={"MIN_LABELS": 50})
     out = run_cycle("3", settings, store, None)
     assert out["result"] == "waiting_for_labels" and "50" in out["message"]
+
+
+@pytest.mark.parametrize("where", ["deployment", "project"])
+def test_the_strategy_setting_reaches_the_worker(project, monkeypatch, where):
+    """Issue 14: the manual band is chosen by the STRATEGY setting (the deployment's, or the project's own)."""
+    fake, settings, store = project
+    if where == "deployment":
+        settings = settings.model_copy(update={"strategy": "margin"})
+    else:
+        store.update_state("3", extra_params={"STRATEGY": "margin"})
+    used: list[str] = []
+
+    def recording_plan(*args, **kwargs):
+        used.append(kwargs["strategy"])
+        return plan_cycle(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "plan_cycle", recording_plan)
+    out = run_cycle("3", settings, store, None)
+    assert out["result"] == "promoted" and used == ["margin"]
 
 
 def test_a_persons_label_wins_over_a_machine_one_and_trains(caplog):
