@@ -240,4 +240,6 @@ def feature_cache(settings: Settings) -> FeatureCache | None:
 
     One cache serves every project: its entries are keyed by image content and frozen weights, not by project.
     """
-    return settings.feature_cache(settings.model_dir / "feature-cache")
+    from model.nn.feature_cache import FeatureCache
+
+    return FeatureCache.from_settings(settings, settings.model_dir / "feature-cache")

@@ -232,7 +232,9 @@ def feature_cache(args: argparse.Namespace) -> FeatureCache | None:
     settings = CacheSettings()
     if args.feature_cache is not None:
         settings.feature_cache_dir = args.feature_cache
-    return settings.feature_cache(DEFAULT_FEATURE_CACHE_DIR)
+    from model.nn.feature_cache import FeatureCache
+
+    return FeatureCache.from_settings(settings, DEFAULT_FEATURE_CACHE_DIR)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from model.nn.feature_cache import FeatureCache
 
 
 class ImageLimits(BaseSettings):
@@ -54,14 +50,6 @@ class CacheSettings(BaseSettings):
         ge=0,
         description="the cache's size bound in MiB; 0 turns the cache off (every pass runs the whole backbone)",
     )
-
-    def feature_cache(self, default_dir: Path) -> FeatureCache | None:
-        """The cache these settings describe, under ``default_dir`` unless FEATURE_CACHE_DIR says otherwise."""
-        if self.feature_cache_max_mb == 0:
-            return None
-        from model.nn.feature_cache import FeatureCache
-
-        return FeatureCache(self.feature_cache_dir or default_dir, self.feature_cache_max_mb * 2**20)
 
 
 DEFAULT_FEATURE_CACHE_DIR = Path.home() / ".cache" / "weather-al" / "features"

@@ -48,6 +48,7 @@ from model.data.images import ImageError, read_image_bytes
 from model.data.transforms import eval_transform, train_transform
 from model.nn.network import MultiHeadNet
 from model.progress import Report, silent
+from model.settings import CacheSettings
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,14 @@ class FeatureCache:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         FeatureCache.__init__(self, state["root"], state["max_bytes"])
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings, default_dir: Path) -> FeatureCache | None:
+        """The cache ``settings`` describe (FEATURE_CACHE_DIR, FEATURE_CACHE_MAX_MB; 0 MB: none), else under
+        ``default_dir``."""
+        if settings.feature_cache_max_mb == 0:
+            return None
+        return cls(settings.feature_cache_dir or default_dir, settings.feature_cache_max_mb * 2**20)
 
     # -- keys ---------------------------------------------------------------------------------------
 
@@ -222,7 +231,9 @@ class FeatureCache:
         if not wanted:
             return failures
         reader = _Views(examples, contents, wanted, space, net, decoded)
-        loader = DataLoader(reader, batch_size=batch_size, collate_fn=list)
+        # its own generator: a loader without one draws from torch's global random state, and then whether
+        # the cache was already full would change every later random number of a training (and its result)
+        loader = DataLoader(reader, batch_size=batch_size, collate_fn=list, generator=torch.Generator())
         device = next(net.parameters()).device
         done = 0
         with torch.inference_mode():

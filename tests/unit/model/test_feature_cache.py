@@ -192,3 +192,15 @@ def test_training_reads_the_cache_and_its_views_are_the_same_in_every_cache(
     assert not torch.allclose(x0, x1)  # and it is augmented
     scored = result.model.score(data.examples, cache=one)
     assert len(scored) == len(data.examples) and np.isfinite(scored.predicted_loss).all()
+
+
+def test_a_training_is_the_same_whether_the_cache_was_empty_or_full(
+    schema: LabelSchema, tiny_set: TinyData, tmp_path: Path
+) -> None:
+    """Filling the cache must not draw from torch's global random state, or a resumed benchmark would differ."""
+    data = ExampleSet(schema, read_manifest(tiny_set.manifest, schema).examples)
+    config = TrainConfig(image_size=SIZE, epochs=2, min_steps=4, batch_size=8, workers=0, weights=None)
+    cache = FeatureCache(tmp_path / "cache")
+    cold = train(data, config, progress=False, cache=cache).model.net.state_dict()
+    warm = train(data, config, progress=False, cache=cache).model.net.state_dict()
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)
