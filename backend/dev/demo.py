@@ -399,14 +399,16 @@ def _run_demo(
         ml = ls.ml.list(project=project)[0]
         models = Path(stack.env["MODEL_DIR"])
         print("training the first model (Start Training) ...")
+        started = time.monotonic()
         ls.ml.train(id=ml.id)
         version = wait_for_run(ls, project, models, 0, redis_url=stack.redis_url)
+        seconds = time.monotonic() - started
         store = ModelStore(models)
 
         def machine_ids() -> set[int]:
             return set(store.state(str(project)).get("machine_task_ids", []))
 
-        rows = [cycle_row(ls, project, answers, version, 0, machine_ids())]
+        rows = [cycle_row(ls, project, answers, version, 0, machine_ids(), seconds)]
         show_queue(ls, project)
         for c in range(1, cycles + 1):
             queue = [int(t["id"]) for t in view_tasks(ls, project, QUEUE_VIEW)[:k]]
@@ -417,9 +419,10 @@ def _run_demo(
                 f"cycle {c}: the simulated annotator labeled {len(queue)} queued "
                 f"and {len(audit)} audit tasks; retraining ..."
             )
+            started = time.monotonic()
             ls.ml.train(id=ml.id)
             version = wait_for_run(ls, project, models, runs, redis_url=stack.redis_url)
-            rows.append(cycle_row(ls, project, answers, version, c, machine_ids()))
+            rows.append(cycle_row(ls, project, answers, version, c, machine_ids(), time.monotonic() - started))
         print_table(rows)
         url = f"{stack.label_studio.url}/projects/{project}/data"
         login = (
@@ -448,9 +451,11 @@ def cycle_row(
     version: str | None,
     cycle: int,
     machine_ids: set[int],
+    seconds: float = float("nan"),
 ) -> dict[str, Any]:
     """People's labels, the model's labels (the bulk accepts the backend recorded), their measured precision,
-    and macro-F1 of the current predictions."""
+    macro-F1 of the current predictions, and ``seconds`` from Start Training to the run's end (predictions in
+    Label Studio)."""
     from sklearn.metrics import f1_score
 
     schema = LabelSchema.from_file()
@@ -481,15 +486,19 @@ def cycle_row(
         "machine": machine,
         "precision": right / machine if machine else float("nan"),
         "macro_f1": sum(f1) / len(f1) if f1 else float("nan"),
+        "seconds": seconds,
     }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'cycle':>5} {'version':<22} {'by people':>9} {'by model':>9} {'precision':>9} {'macro-F1':>8}")
+    print(
+        f"\n{'cycle':>5} {'version':<22} {'by people':>9} {'by model':>9} {'precision':>9} {'macro-F1':>8} "
+        f"{'seconds':>7}"
+    )
     for r in rows:
         print(
             f"{r['cycle']:>5} {r['version']:<22} {r['human']:>9} {r['machine']:>9} "
-            f"{r['precision']:>9.3f} {r['macro_f1']:>8.3f}"
+            f"{r['precision']:>9.3f} {r['macro_f1']:>8.3f} {r['seconds']:>7.0f}"
         )
 
 
