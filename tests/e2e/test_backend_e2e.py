@@ -671,10 +671,11 @@ def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelS
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = re.findall(r"^\s+(\d+) (v\d+-\S+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)$", done.stdout, re.M)
+    rows = re.findall(r"^\s+(\d+) (v\d+-\S+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\d+)$", done.stdout, re.M)
     assert [r[0] for r in rows] == ["0", "1"], done.stdout
     assert int(rows[0][2]) == 20 and int(rows[1][2]) > 20  # people labeled the seed set, then the queue
     assert 0.0 <= float(rows[1][5]) <= 1.0
+    assert all(0 < int(r[6]) < 600 for r in rows)  # seconds from Start Training to the predictions
     assert f"{label_studio.url}/projects/" in done.stdout  # where a person continues by hand
 
 
