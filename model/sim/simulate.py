@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from model.al.confidence import error_auroc, fit_confidence
 from model.al.cycle import is_calibration_holdout, plan_cycle
 from model.al.strategies import STRATEGY_NAMES, PoolView
 from model.data.decoded import DecodedImages
@@ -170,6 +171,8 @@ def result_columns(schema: LabelSchema) -> list[str]:
         "exact_match",
         "auroc_loss",
         "auroc_msp",
+        "auroc_confidence",
+        "auroc_confidence_no_loss",
         "spearman_loss",
         "spearman_msp",
         "time_train",
@@ -490,6 +493,7 @@ class _Run:
         correct_calib = correct_truth if self.calib_truth else correct_labels
         calib = np.array(self.holdout_ids + self.audit_ids, dtype=np.int64)
         calib = calib[np.isfinite(loss[calib])]
+        row.update(_confidence_columns(loss, probs, calib, correct_calib, test_scored))
         labeled = np.zeros(len(sim.pool), dtype=bool)
         labeled[self.train_ids + self.holdout_ids + self.audit_ids] = True
         unlabeled = np.flatnonzero(~labeled & np.isfinite(loss))
@@ -588,6 +592,27 @@ def _in_pool_order(
     emb = np.zeros((n, scored.embeddings.shape[1]), dtype=np.float32)
     emb[index] = scored.embeddings
     return loss, pred, probs, emb
+
+
+def _confidence_columns(
+    pool_loss: np.ndarray,
+    pool_probs: dict[str, np.ndarray],
+    calib: np.ndarray,
+    correct: np.ndarray,
+    test: ScoreResult,
+) -> dict[str, float]:
+    """The learned confidence (model.al.confidence), fitted on the calibration labels (never trained on),
+    judged on the test set: its AUROC for wrong predictions with and without the loss module's input."""
+    out = {}
+    test_correct = test.all_correct()
+    for column, use_loss in (("auroc_confidence", True), ("auroc_confidence_no_loss", False)):
+        fitted = fit_confidence(
+            pool_loss[calib], {h: p[calib] for h, p in pool_probs.items()}, correct[calib], use_loss_module=use_loss
+        )
+        out[column] = (
+            error_auroc(fitted.predict(test.predicted_loss, test.probs), test_correct) if fitted else float("nan")
+        )
+    return out
 
 
 def _test_columns(metrics: dict[str, Any]) -> dict[str, Any]:
