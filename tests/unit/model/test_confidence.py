@@ -27,13 +27,13 @@ def synthetic_outputs(n: int, rng: np.random.Generator, informative: str) -> tup
     return loss, probs, correct
 
 
-def test_features_are_the_loss_then_per_head_softmax_margin_entropy() -> None:
+def test_features_are_the_loss_then_per_head_log_softmax_margin_entropy() -> None:
     probs = {"a": np.array([[0.7, 0.2, 0.1]]), "b": np.array([[0.5, 0.5]])}
     f = confidence_features(np.array([0.3]), probs)
     assert f.shape == (1, 7)
-    assert np.allclose(f[0, :3], [0.3, 0.7, 0.5])
+    assert np.allclose(f[0, :3], [0.3, np.log(0.7), 0.5])
     assert np.isclose(f[0, 3], -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1)))
-    assert np.allclose(f[0, 4:6], [0.5, 0.0]) and np.isclose(f[0, 6], np.log(2))
+    assert np.allclose(f[0, 4:6], [np.log(0.5), 0.0]) and np.isclose(f[0, 6], np.log(2))
     assert confidence_features(np.array([0.3]), probs, use_loss_module=False).shape == (1, 6)
 
 
