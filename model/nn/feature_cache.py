@@ -125,7 +125,11 @@ class FeatureCache:
         if not 1 <= depth <= 4:
             raise ValueError(f"a cached prefix is 1..4 stage groups deep, got {depth}")
         backbone = net.backbone
-        tensors = [(n, t) for g in backbone.stage_groups()[:depth] for n, t in sorted(g.state_dict().items())]
+        tensors = [
+            (name, tensor)
+            for group in backbone.stage_groups()[:depth]
+            for name, tensor in sorted([*group.named_parameters(), *group.named_buffers()], key=lambda item: item[0])
+        ]
         stamp = tuple((t.data_ptr(), t._version) for _, t in tensors)
         known = _spaces.setdefault(net, {})
         if known.get((depth, image_size), (None,))[0] == stamp:
@@ -338,15 +342,15 @@ class FeatureCache:
 
 def _prefix(net: MultiHeadNet, images: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen groups in eval mode (BatchNorm on its pretrained statistics, as in training)."""
-    groups = net.backbone.stage_groups()[:depth]
-    modes = [g.training for g in groups]
-    for g in groups:
-        g.eval()
+    # Module by module: stage_groups() wraps the groups in new containers whose own flag says nothing
+    training = [m for g in net.backbone.stage_groups()[:depth] for m in g.modules() if m.training]
+    for m in training:
+        m.training = False
     try:
         return net.backbone.prefix(images, depth)
     finally:
-        for g, mode in zip(groups, modes):
-            g.train(mode)
+        for m in training:
+            m.training = True
 
 
 def view_seed(content: str, view: int) -> int:

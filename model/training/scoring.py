@@ -138,7 +138,8 @@ def run_inference(
     losses, embs, idxs, targets = [], [], [], []
     failures: list[tuple[str, str]] = []
     was_training = model.training
-    model.eval()
+    if was_training:  # switching walks every module: ~1 ms, a tenth of a one-image forward (/predict)
+        model.eval()
     done = 0
     with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
@@ -154,7 +155,8 @@ def run_inference(
             embs.append(out.embedding.float().cpu().numpy())
             idxs.append(batch["index"].numpy())
             targets.append(batch["labels"].numpy())
-    model.train(was_training)
+    if was_training:
+        model.train()
     for key, reason in failures:
         logger.warning("skipped %s: %s", key, reason)
     n_heads = len(schema.heads)

@@ -204,3 +204,21 @@ def test_a_training_is_the_same_whether_the_cache_was_empty_or_full(
     cold = train(data, config, progress=False, cache=cache).model.net.state_dict()
     warm = train(data, config, progress=False, cache=cache).model.net.state_dict()
     assert all(torch.equal(cold[k], warm[k]) for k in cold)
+
+
+def test_filling_leaves_every_module_in_the_mode_it_was_in(
+    schema: LabelSchema, examples: list[Example], tmp_path: Path
+) -> None:
+    """Frozen groups keep their BatchNorm statistics in training; computing cache entries must not switch them."""
+    model = make_model(schema, 1)
+    model.score(examples, cache=FeatureCache(tmp_path / "one"))
+    assert not any(m.training for m in model.net.modules())
+    net = model.net
+    net.set_trainable_stages(1)
+    net.train()
+    modes = [m.training for m in net.modules()]
+    cache = FeatureCache(tmp_path / "two")
+    good = examples[:2]
+    cache.fill(net, cache.space(net, 3, SIZE), good, [cache.content_key(e) for e in good], [0, 1])
+    assert [m.training for m in net.modules()] == modes
+    assert not any(m.training for g in net.backbone.stage_groups()[:3] for m in list(g.modules())[1:])  # not the wrapper
