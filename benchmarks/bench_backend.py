@@ -16,15 +16,17 @@ Label Studio's Local Storage names them. It measures
   itself spent on one (from its /metrics), which tells handling from queueing;
 - the web process's RSS (gunicorn master plus workers) with the model loaded (target: 1.5 GB).
 
-Part 2 (``--cycle``), one retrain cycle end to end: a real Label Studio (its own venv), Redis, the
-backend and a worker (``backend.dev.demo.Stack``); a project of ``--labeled`` + ``--unlabeled`` synthetic
-scenes, the first ``--labeled`` labeled by the simulated annotator; then Start Training, timed from
-the request to the new model version in Label Studio with every unlabeled task predicted, split into
-train, score and import as the worker measured them (target for 1,000 + 5,000 at 160 px on 2 cores:
-10 minutes).
+Part 2 (``--cycle``), two cycles end to end: a real Label Studio (its own venv), Redis, the backend and
+a worker (``backend.dev.demo.Stack``); a project of ``--labeled`` + ``--unlabeled`` synthetic scenes, the
+first ``--labeled`` labeled by the simulated annotator; Start Training (the project's first model: every
+image's frozen features are computed for the first time); then ``--more`` (100) more labels and Start
+Training again (a retrain: the feature cache is warm, as in every later cycle). Each is timed from the
+request to the new model version in Label Studio with every unlabeled task predicted, split into train,
+score and import as the worker measured them (issue 13's target for the retrain at 1,000 + 5,000,
+160 px, 2 cores: 3 minutes).
 
     python benchmarks/bench_backend.py                   # part 1, about 3 minutes
-    python benchmarks/bench_backend.py --cycle           # part 2, 1,000 + 5,000: about 30 minutes on 2 cores
+    python benchmarks/bench_backend.py --cycle           # part 2, 1,000 + 5,000: about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -262,6 +264,9 @@ def web_part(args: argparse.Namespace, work: Path) -> None:
 
 
 def cycle_part(args: argparse.Namespace, work: Path) -> None:
+    """The project's first model (every image's features computed for the first time), then a retrain after
+    ``--more`` new labels (the feature cache warm, as in every later cycle): each timed from Start Training
+    to the new version's predictions on every unlabeled task in Label Studio."""
     from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, finished_runs, wait_for_run
     from backend.labelstudio.client import as_dict
     from backend.labelstudio.connect import connect
@@ -271,45 +276,44 @@ def cycle_part(args: argparse.Namespace, work: Path) -> None:
     if args.epochs:
         extra["EPOCHS"] = str(args.epochs)
     stack = Stack.start(work / "stack", ls_port=None, backend_port=None, extra_env=extra)
+    rows, notes = [], []
     try:
         scenes = stack.document_root / "scenes"
         generate(scenes, args.labeled + args.unlabeled, seed=0, document_root=stack.document_root)
         ls = stack.client()
         project, answers = create_scene_project(ls, scenes, stack.document_root, title="bench")
         connect(stack.label_studio.url, stack.label_studio.token, project, stack.backend_url, local_storage=None)
-        SimulatedAnnotator(ls, answers).label(sorted(answers)[: args.labeled])
+        annotator = SimulatedAnnotator(ls, answers)
         models = Path(stack.env["MODEL_DIR"])
         ml = ls.ml.list(project=project)[0]
-        t0 = time.perf_counter()
-        ls.ml.train(id=ml.id)
-        version = wait_for_run(ls, project, models, finished_runs(models, project), timeout=4 * 3600)
-        total = time.perf_counter() - t0
-        state = ModelStore(models).state(str(project))
-        timings = (state.get("last_cycle") or {}).get("timings") or {}
-        unlabeled = [
-            t
-            for t in map(as_dict, ls.tasks.list(project=project, fields="all", page_size=1000))
-            if not t.get("annotations")
-        ]
-        predicted = sum(
-            1 for t in unlabeled if any(p.get("model_version") == version for p in t.get("predictions") or [])
-        )
+        order = sorted(answers)
+        for name, labeled in (("first model", args.labeled), (f"retrain, {args.more} more labels", args.more)):
+            done = sum(labeled for _, labeled in notes)
+            annotator.label(order[done : done + labeled])
+            runs = finished_runs(models, project)
+            t0 = time.perf_counter()
+            ls.ml.train(id=ml.id)
+            version = wait_for_run(ls, project, models, runs, timeout=4 * 3600)
+            total = time.perf_counter() - t0
+            timings = (ModelStore(models).state(str(project)).get("last_cycle") or {}).get("timings") or {}
+            unlabeled = [
+                t
+                for t in map(as_dict, ls.tasks.list(project=project, fields="all", page_size=1000))
+                if not t.get("annotations")
+            ]
+            predicted = sum(
+                1 for t in unlabeled if any(p.get("model_version") == version for p in t.get("predictions") or [])
+            )
+            rows.append([name, *(timings.get(key, float("nan")) for key in ("train_s", "score_s", "import_s")), total])
+            notes.append((f"{predicted} of {len(unlabeled)} unlabeled tasks carry {version}'s prediction", labeled))
     finally:
         stack.stop()
+    print(table(["cycle", "train s", "score s", "import and views s", "Start Training to predictions s"], rows))
+    retrain = rows[-1][-1]
     print(
-        table(
-            ["phase", "seconds", "share"],
-            [
-                [name, timings.get(key, float("nan")), timings.get(key, float("nan")) / total]
-                for name, key in (("train", "train_s"), ("score", "score_s"), ("import and views", "import_s"))
-            ]
-            + [["total, Start Training to predictions in Label Studio", total, 1.0]],
-        )
-    )
-    verdict = "meets" if total <= 600 else "MISSES"
-    print(
-        f"\n{args.labeled} labeled + {args.unlabeled} unlabeled at {args.image_size} px: {total / 60:.1f} min; "
-        f"{predicted} of {len(unlabeled)} unlabeled tasks carry {version}'s prediction; {verdict} the 10-minute target"
+        f"\n{args.labeled} labeled + {args.unlabeled} unlabeled at {args.image_size} px; "
+        + "; ".join(note for note, _ in notes)
+        + f". Retrain: {retrain / 60:.1f} min, {'meets' if retrain <= 180 else 'MISSES'} issue 13's 3-minute target"
     )
 
 
@@ -322,6 +326,7 @@ def main() -> None:
     parser.add_argument("--cycle", action="store_true", help="part 2: one retrain cycle against a real Label Studio")
     parser.add_argument("--labeled", type=int, default=1000)
     parser.add_argument("--unlabeled", type=int, default=5000)
+    parser.add_argument("--more", type=int, default=100, help="part 2: labels added before the timed retrain")
     parser.add_argument("--epochs", type=int, default=None, help="part 2: override the recipe's epochs")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed afterwards")
     args = parser.parse_args()
