@@ -55,9 +55,8 @@ from model.al.bands import draw_audit_sample
 from model.al.certify import certify_threshold
 from model.al.strategies import STRATEGY_NAMES
 from model.atomic import write_json_atomic
-from model.cli import feature_cache
+from model.cli import add_cache_args, feature_cache
 from model.schema import LabelSchema
-from model.settings import DEFAULT_FEATURE_CACHE_DIR
 from model.sim.report import curves, write_report
 from model.sim.results import FinishedRun, RunStore, RunTrace, SimulationResult
 from model.sim.simulate import (
@@ -129,17 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-dir", type=Path, default=CACHE, help=f"where finished runs are kept, per settings (default {CACHE})"
     )
     p.add_argument("--fresh", action="store_true", help="run every run again, ignoring finished ones")
-    cache = p.add_mutually_exclusive_group()
-    cache.add_argument(
-        "--feature-cache",
-        type=Path,
-        default=None,
-        help="the frozen-backbone feature cache every run and session shares (default: FEATURE_CACHE_DIR, else "
-        f"{DEFAULT_FEATURE_CACHE_DIR})",
-    )
-    cache.add_argument(
-        "--no-feature-cache", action="store_true", help="run the whole backbone on every pass (to compare with it)"
-    )
+    add_cache_args(p)  # one feature cache for every run and session
     return p.parse_args(argv)
 
 

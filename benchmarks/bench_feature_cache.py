@@ -23,33 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import SCENES, machine, synthetic_set, table
+from common import SCENES, machine, synthetic_set, table, untrained_model
 
 from model.data.examples import read_manifest
-from model.nn.backbones import build_backbone
 from model.nn.checkpoint import TrainedModel
 from model.nn.feature_cache import FeatureCache
-from model.nn.network import MultiHeadNet
 from model.schema import LabelSchema
 from model.training.scoring import ScoreResult
 
 TARGET_WARM_S = {0: 5.0, 1: 40.0}  # per 5,000 images
 TARGET_DIFF = 1e-4
 TARGET_BYTES_PER_10K = 1e9
-
-
-def make_model(image_size: int, trainable_stages: int) -> TrainedModel:
-    schema = LabelSchema.from_file()
-    net = MultiHeadNet(build_backbone("efficientnet_lite0"), schema).eval()
-    meta = {
-        "schema": schema.to_dict(),
-        "backbone": "efficientnet_lite0",
-        "image_size": image_size,
-        "mean": list(net.backbone.mean),
-        "std": list(net.backbone.std),
-        "trainable_stages": trainable_stages,
-    }
-    return TrainedModel(net=net, meta=meta)
 
 
 def max_difference(a: ScoreResult, b: ScoreResult) -> float:
@@ -80,7 +64,7 @@ def main() -> None:
     print(f"{len(examples)} scenes at {args.image_size} px; {machine()}", flush=True)
     rows = []
     for stages in (int(s) for s in args.stages.split(",")):
-        model = make_model(args.image_size, stages)
+        model = untrained_model(args.image_size, stages)
         with tempfile.TemporaryDirectory(prefix="feature-cache-") as root:
             cache = FeatureCache(root)
             full, t_full = timed_score(model, examples, None)

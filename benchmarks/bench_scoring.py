@@ -29,33 +29,16 @@ import time
 from pathlib import Path
 
 import torch
-from common import SCENES, machine, synthetic_set, table
+from common import SCENES, machine, synthetic_set, table, untrained_model
 
 from model.data.decoded import DecodedImages
 from model.data.examples import read_manifest
 from model.data.images import load_image
 from model.data.transforms import eval_transform, squash
-from model.nn.backbones import build_backbone
 from model.nn.checkpoint import TrainedModel
-from model.nn.network import MultiHeadNet
-from model.schema import LabelSchema
 from model.training.scoring import default_workers
 
 TARGET = 0.8
-
-
-def make_model(image_size: int) -> TrainedModel:
-    """An untrained model: scoring costs the same whatever the weights."""
-    schema = LabelSchema.from_file()
-    net = MultiHeadNet(build_backbone("efficientnet_lite0"), schema).eval()
-    meta = {
-        "schema": schema.to_dict(),
-        "backbone": "efficientnet_lite0",
-        "image_size": image_size,
-        "mean": list(net.backbone.mean),
-        "std": list(net.backbone.std),
-    }
-    return TrainedModel(net=net, meta=meta)
 
 
 def _cpu_seconds() -> float:
@@ -143,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
 
     manifest = synthetic_set(args.data, args.n)
-    model = make_model(args.image_size)
+    model = untrained_model(args.image_size)
     examples = read_manifest(manifest, model.schema).examples
     print(f"# scoring {len(examples)} 640x360 JPEGs at {args.image_size} px, batch {args.batch_size}")
     print(f"# {machine()}")

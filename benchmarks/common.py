@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from model.nn.checkpoint import TrainedModel
 
 #: One folder of synthetic scenes (seed 0) shared by all benchmarks; scene i is the same whatever n.
 SCENES = Path("/tmp/weather-al-bench/scenes")
@@ -78,3 +82,25 @@ def machine() -> str:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op threads; load average {load}"
     )
+
+
+def untrained_model(image_size: int, trainable_stages: int | None = None) -> TrainedModel:
+    """The default network with its ImageNet backbone and untrained heads: scoring costs the same whatever the
+    weights. ``trainable_stages`` says how many stage groups its training would have trained (the feature
+    cache starts after the others); None: as if all did, so nothing is read from a cache."""
+    from model.nn.backbones import build_backbone
+    from model.nn.checkpoint import TrainedModel
+    from model.nn.network import MultiHeadNet
+    from model.schema import LabelSchema
+
+    schema = LabelSchema.from_file()
+    net = MultiHeadNet(build_backbone("efficientnet_lite0"), schema).eval()
+    meta = {
+        "schema": schema.to_dict(),
+        "backbone": "efficientnet_lite0",
+        "image_size": image_size,
+        "mean": list(net.backbone.mean),
+        "std": list(net.backbone.std),
+        "trainable_stages": 4 if trainable_stages is None else trainable_stages,
+    }
+    return TrainedModel(net=net, meta=meta)

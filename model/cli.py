@@ -75,14 +75,14 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
     p.add_argument(
         "--overfit-batch", action="store_true", help="only check capacity: overfit one batch and report its accuracy"
     )
-    _add_cache_args(p)
+    add_cache_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a model on a labeled manifest")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="CSV manifest or Label Studio JSON export")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
-    _add_cache_args(p)
+    add_cache_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score images: per-head labels and probabilities, predicted loss")
@@ -90,7 +90,7 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
     p.add_argument("--data", required=True, type=Path, help="CSV manifest or a folder of images")
     p.add_argument("--out", required=True, type=Path, help="JSON lines output")
     p.add_argument("--batch-size", type=int, default=32)
-    _add_cache_args(p)
+    add_cache_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -153,7 +153,7 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
         default=DEFAULT_LABEL_CONFIG,
         help="Label Studio labeling config XML of the manifest's heads (default: the weather project)",
     )
-    _add_cache_args(p)
+    add_cache_args(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
@@ -211,7 +211,8 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
         command.set_defaults(readers=readers)
 
 
-def _add_cache_args(p: argparse.ArgumentParser) -> None:
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """--feature-cache DIR and --no-feature-cache, read back by :func:`feature_cache`."""
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--feature-cache",

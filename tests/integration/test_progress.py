@@ -9,33 +9,18 @@ from __future__ import annotations
 import logging
 import os
 
-import pytest
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from backend.dev.demo import PhaseBars
 from backend.queue import KEY, TRAIN_JOB, Broker
-from backend.settings import Settings, get_settings
+from backend.settings import Settings
 from backend.web.app import create_app
 from backend.worker import cycle
 from backend.worker.progress import PROGRESS, CycleProgress, read_progress, running_cycles
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@pytest.fixture()
-def broker(tmp_path, monkeypatch) -> Broker:
-    b = Broker(REDIS_URL)
-    if not b.ping():
-        pytest.fail(f"these tests need a real Redis at {REDIS_URL} (.ci/run starts one)")
-    b.conn.flushdb()
-    monkeypatch.setenv("REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
-    get_settings.cache_clear()
-    yield b
-    get_settings.cache_clear()
-    b.conn.flushdb()
 
 
 class Clock:

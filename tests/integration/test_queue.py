@@ -15,23 +15,8 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from backend.queue import KEY, Broker, QueueUnavailable
-from backend.settings import get_settings
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-@pytest.fixture()
-def broker(tmp_path, monkeypatch) -> Broker:
-    b = Broker(REDIS_URL)
-    if not b.ping():
-        pytest.fail(f"these tests need a real Redis at {REDIS_URL} (.ci/run starts one)")
-    b.conn.flushdb()
-    monkeypatch.setenv("REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
-    get_settings.cache_clear()
-    yield b
-    get_settings.cache_clear()
-    b.conn.flushdb()
 
 
 def waiting(b: Broker, project: str = "5") -> str | None:

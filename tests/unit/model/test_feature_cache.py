@@ -221,4 +221,5 @@ def test_filling_leaves_every_module_in_the_mode_it_was_in(
     good = examples[:2]
     cache.fill(net, cache.space(net, 3, SIZE), good, [cache.content_key(e) for e in good], [0, 1])
     assert [m.training for m in net.modules()] == modes
-    assert not any(m.training for g in net.backbone.stage_groups()[:3] for m in list(g.modules())[1:])  # not the wrapper
+    inside = [m for g in net.backbone.stage_groups()[:3] for m in list(g.modules())[1:]]  # not the group wrapper
+    assert inside and not any(m.training for m in inside)
