@@ -33,7 +33,7 @@ from label_studio_sdk import LabelStudio
 from tqdm.auto import tqdm
 
 from backend.dev.local_label_studio import LocalLabelStudio, start_label_studio
-from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
+from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, UNIFORM, as_dict
 from backend.labelstudio.connect import connect
 from backend.labelstudio.predictions import choices_result
 from backend.labelstudio.tasks import resolve_local_url
@@ -504,9 +504,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def show_queue(ls: LabelStudio, project: int) -> None:
     queue = view_tasks(ls, project, QUEUE_VIEW)
-    print(f"\nActive learning queue (highest predicted loss first), top 5 of {len(queue)}:")
-    for t in queue[:5]:
-        print(f"  task {t['id']}: score {t.get('predictions_score')}")
+    if as_dict(ls.projects.get(id=project)).get("sampling") == UNIFORM:
+        print(
+            f"\nThis model cannot rank yet (on the calibration labels its predicted loss does not tell right from "
+            f"wrong), so Label Studio samples the {len(queue)} queued tasks uniformly."
+        )
+    else:
+        print(f"\nActive learning queue (highest predicted loss first), top 5 of {len(queue)}:")
+        for t in queue[:5]:
+            score = t.get("predictions_score")
+            print(f"  task {t['id']}: score {'none' if score is None else format(score, '.3f')}")
     print(
         f"Auto-annotation candidates: {len(view_tasks(ls, project, CANDIDATES_VIEW))} tasks; "
         f"audit sample: {len(view_tasks(ls, project, AUDIT_VIEW))} tasks"

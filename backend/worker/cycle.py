@@ -24,7 +24,7 @@ from rq import get_current_job
 
 from backend.labelstudio.client import UNCERTAINTY, UNIFORM, LabelStudioProject
 from backend.labelstudio.fetch import ImageFetcher
-from backend.labelstudio.predictions import CALIBRATION_FILE, prediction_items
+from backend.labelstudio.predictions import CALIBRATION_FILE, prediction_items, read_calibration
 from backend.queue import Broker
 from backend.settings import Settings, feature_cache, get_settings
 from backend.store import ModelStore
@@ -232,7 +232,8 @@ def run_cycle(
     still_held()
     store.promote(pid, version)
     still_held()
-    ls.use_version(version, UNCERTAINTY)
+    # a model whose predicted loss does not tell right from wrong yet shows no order: Label Studio samples uniformly
+    ls.use_version(version, UNCERTAINTY if plan.can_rank else UNIFORM)
     score_floor = float(min((items[i]["score"] for i in plan.automatic), default=1.0))
     # every audit task still waiting for a person, this cycle's and earlier ones', stays out of bulk accept
     labeled_ids = {tid for tid, _, _ in data.labeled}
@@ -290,8 +291,9 @@ def recover(pid: str, ls: LabelStudioProject, store: ModelStore, still_held: Cal
             current,
             current,
         )
+        can_rank = read_calibration(store.version_dir(pid, current)).get("summary", {}).get("can_rank", True)
         still_held()
-        ls.use_version(current, UNCERTAINTY)
+        ls.use_version(current, UNCERTAINTY if can_rank else UNIFORM)
 
 
 def training_config(settings: Settings) -> TrainConfig:

@@ -55,6 +55,16 @@ class CorrectnessCalibrator:
             raise RuntimeError("CorrectnessCalibrator is not fitted; call fit() or from_dict() first")
         return np.interp(_finite_1d(predicted_loss, "predicted_loss"), self.x_thresholds, self.y_thresholds)
 
+    def ranks(self) -> bool:
+        """Whether the fit tells images apart: more than one level of P(right).
+
+        A flat fit means the calibration labels show no link between predicted loss and errors: the
+        best non-increasing function of the loss is a constant, so ordering images by loss means nothing yet.
+        """
+        if self.y_thresholds is None:
+            raise RuntimeError("CorrectnessCalibrator is not fitted; call fit() or from_dict() first")
+        return bool(np.ptp(self.y_thresholds) > 0)
+
     def to_dict(self) -> dict[str, Any]:
         if self.x_thresholds is None or self.y_thresholds is None:
             raise RuntimeError("CorrectnessCalibrator is not fitted; nothing to save")

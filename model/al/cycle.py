@@ -87,6 +87,13 @@ class CyclePlan:
     estimates: dict[str, BandEstimate | None]
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def can_rank(self) -> bool:
+        """False when the calibration labels show that the predicted loss does not yet tell right from wrong
+        (a flat calibrator): then no order is shown, and Label Studio should sample uniformly. Without a
+        calibrator (too few labels to tell) the predicted loss orders the queue, as the method says."""
+        return self.calibrator is None or self.calibrator.ranks()
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready: counts, the certificate, expected accuracy per band, and a one-line message."""
         cert = self.certificate
@@ -108,8 +115,14 @@ class CyclePlan:
                 f"{cert.threshold:.4g} (precision >= {cert.lower_bound:.3f} with confidence {1 - cert.delta:g}); "
                 f"{counts['manual']} for people, {counts['audit']} to audit, {counts['deferred']} deferred"
             )
+        if not self.can_rank:
+            message = (
+                "this model cannot rank yet (on the calibration labels its predicted loss does not tell right "
+                f"from wrong), so the queue is sampled uniformly; {message}"
+            )
         return {
             "counts": counts,
+            "can_rank": self.can_rank,
             "threshold": cert.threshold,
             "lower_bound": cert.lower_bound,
             "calibration_precision": cert.precision,

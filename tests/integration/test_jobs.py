@@ -11,9 +11,11 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_data import write_tiny_set
 
+from backend.labelstudio.client import UNCERTAINTY, UNIFORM
 from backend.queue import Broker
 from backend.settings import Settings, get_settings
 from backend.store import ModelStore
@@ -58,6 +60,7 @@ class FakeLabelStudio:
         self.tasks_ = tasks
         self.fail_at = fail_at
         self.model_version: str | None = None
+        self.sampling: str | None = None
         self.imported: list[dict] = []
 
     def label_config(self) -> str:
@@ -73,7 +76,7 @@ class FakeLabelStudio:
         return "token"
 
     def set_sampling(self, sampling: str) -> None:
-        pass
+        self.sampling = sampling
 
     def import_predictions(self, predictions: list[dict]) -> None:
         self._maybe_fail("import_predictions")
@@ -81,7 +84,7 @@ class FakeLabelStudio:
 
     def use_version(self, version: str, sampling: str) -> None:
         self._maybe_fail("use_version")
-        self.model_version = version
+        self.model_version, self.sampling = version, sampling
 
     def _maybe_fail(self, step: str) -> None:
         if self.fail_at == step:
@@ -242,3 +245,21 @@ def test_a_cycle_reports_its_training_and_the_whole_pools_scoring(project):
         out["version"],
     )
     broker.conn.flushdb()
+
+
+@pytest.mark.parametrize("calibration", ["flat", "too few"])
+def test_a_model_that_cannot_rank_yet_leaves_label_studio_sampling_uniformly(project, monkeypatch, calibration):
+    """Issue 14, cold start: when the calibration labels show no link between predicted loss and errors (here 30
+    labels, all right: a flat calibrator), Label Studio gets the version with uniform sampling, not an order;
+    with too few calibration labels to tell (this project's own), the predicted loss orders the queue."""
+    fake, settings, store = project
+
+    def flat_plan(pool, calib_loss, calib_correct, **kwargs):
+        return plan_cycle(pool, np.linspace(0, 1, 30), np.ones(30, bool), **kwargs)
+
+    if calibration == "flat":
+        monkeypatch.setattr(jobs, "plan_cycle", flat_plan)
+    out = run_cycle("3", settings, store, None)
+    assert out["result"] == "promoted" and fake.model_version == out["version"]
+    assert fake.sampling == (UNIFORM if calibration == "flat" else UNCERTAINTY)
+    assert store.state("3")["last_cycle"]["can_rank"] is (calibration != "flat")

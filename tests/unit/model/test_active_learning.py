@@ -131,3 +131,22 @@ def test_holdout_hash_is_stable_and_holds_out_about_the_fraction():
     assert other == "".join("1" if h else "0" for h in half[:200])
     with pytest.raises(ValueError, match="fraction"):
         is_calibration_holdout("x", 1.5)
+
+
+def test_a_model_whose_loss_does_not_tell_right_from_wrong_shows_no_order():
+    """Issue 14, cold start: calibration labels with no link between predicted loss and errors (here every one of
+    them right, or right and wrong at random) fit a flat calibrator: the plan says it cannot rank, and why."""
+    pool = _pool()
+    rng = np.random.default_rng(4)
+    loss = rng.uniform(0.0, 2.0, 60)
+    for correct in (np.ones(60, bool), loss > 1.0):  # all right; or right only where the loss is *high*
+        plan = plan_cycle(pool, loss, correct, k=10, audit_size=5, rng=np.random.default_rng(0))
+        assert plan.calibrator is not None and not plan.calibrator.ranks()
+        assert not plan.can_rank and not plan.summary()["can_rank"]
+        assert "cannot rank yet" in plan.summary()["message"]
+    loss, correct = _calibration(60)
+    ranking = plan_cycle(pool, loss, correct, k=10, audit_size=5, rng=np.random.default_rng(0))
+    assert ranking.can_rank and ranking.summary()["can_rank"] and "cannot rank" not in ranking.summary()["message"]
+    n = MIN_CALIBRATION_LABELS - 1
+    few = plan_cycle(pool, loss[:n], correct[:n], k=10, audit_size=5, rng=np.random.default_rng(0))
+    assert few.calibrator is None and few.can_rank  # too few labels to tell: the method's own order stands
