@@ -20,7 +20,7 @@ Files. ``<root>/<space>/<ab>/<content>-<view>.bin``: the features as float32 (vi
 equal the full forward's) or float16 (training views, half the disk), then a 16-byte BLAKE2b digest
 of them. An entry of the wrong length or digest is deleted and computed again, never served. Entries
 are written to a temporary name and renamed into place, so several workers can fill one cache: the
-worst case is an entry computed twice. The cache holds at most ``max_bytes``; past that, the entries
+worst case is an entry computed twice. The cache is kept to about ``max_bytes``; past that, the entries
 read or written longest ago go first.
 """
 
@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import tempfile
-import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 4 * 1024**3
 CLEAN_VIEW = 0
 _DIGEST = 16
-_EVICT_EVERY_S = 30.0
+_EVICT_SHARE = 20  # a process scans for eviction after writing 1/20 of the bound
 # Per network, the spaces computed for it (see FeatureCache.space); per (backbone, depth, size), entry shapes
 _spaces: weakref.WeakKeyDictionary[MultiHeadNet, dict[tuple[int, int], tuple[tuple[Any, ...], FeatureSpace]]] = (
     weakref.WeakKeyDictionary()
@@ -97,7 +96,6 @@ class FeatureCache:
         self._contents: dict[tuple[str, int, int, int], str] = {}
         self._touched: set[Path] = set()
         self._written = 0
-        self._last_evict = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": str(self.root), "max_bytes": self.max_bytes}
@@ -309,14 +307,16 @@ class FeatureCache:
     # -- bound --------------------------------------------------------------------------------------
 
     def evict_if_due(self) -> None:
-        """Keep the cache under ``max_bytes``: scan when enough was written or enough time went by."""
-        if self._written < self.max_bytes // 20 and time.monotonic() - self._last_evict < _EVICT_EVERY_S:
+        """Keep the cache under ``max_bytes``: scan once this process has written 1/_EVICT_SHARE of it since its
+        last scan. Only writes trigger a scan, so a /predict that adds one entry never walks the whole folder;
+        with several processes the cache can overshoot by that share per process until one of them scans."""
+        if self._written < self.max_bytes // _EVICT_SHARE:
             return
         self.evict()
 
     def evict(self) -> int:
         """Delete the least recently used entries until the cache holds at most ``max_bytes``; returns bytes freed."""
-        self._written, self._last_evict = 0, time.monotonic()
+        self._written = 0
         entries = []
         for path in self.root.glob("*/*/*.bin"):
             try:
