@@ -113,6 +113,11 @@ def profile(model: TrainedModel, examples, batch_size: int, workers: int) -> str
     return out.getvalue()
 
 
+def rate_row(setting: str, bare: tuple[float, float], pipe: tuple[float, float]) -> list[object]:
+    """One table row: images/s and CPU ms/image of the bare backbone and the pipeline, and their ratios."""
+    return [setting, bare[0], pipe[0], pipe[0] / bare[0], bare[1], pipe[1], bare[1] / pipe[1]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="images scored per measurement")
@@ -141,17 +146,7 @@ def main() -> None:
                 bare = max(bare, backbone_rate(model, len(examples), args.batch_size, args.image_size))
                 pipe = max(pipe, pipeline_rate(model, examples, args.batch_size, workers))
             results.append((pipe[0], threads, workers, bare[0]))
-            rows.append(
-                [
-                    f"threads {threads}, workers {workers}",
-                    bare[0],
-                    pipe[0],
-                    pipe[0] / bare[0],
-                    bare[1],
-                    pipe[1],
-                    bare[1] / pipe[1],
-                ]
-            )
+            rows.append(rate_row(f"threads {threads}, workers {workers}", bare, pipe))
     torch.set_num_threads(default_threads)
     with tempfile.TemporaryDirectory() as tmp:  # simulate's path: decoded once, then scored every cycle
         t0 = time.perf_counter()
@@ -163,17 +158,7 @@ def main() -> None:
         for _ in range(args.repeats):
             bare = max(bare, backbone_rate(model, len(examples), args.batch_size, args.image_size))
             pipe = max(pipe, pipeline_rate(model, examples, args.batch_size, 0, decoded))
-        rows.append(
-            [
-                f"threads {default_threads}, decoded once",
-                bare[0],
-                pipe[0],
-                pipe[0] / bare[0],
-                bare[1],
-                pipe[1],
-                bare[1] / pipe[1],
-            ]
-        )
+        rows.append(rate_row(f"threads {default_threads}, decoded once", bare, pipe))
     print()
     print(
         table(
