@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 4 * 1024**3
 CLEAN_VIEW = 0
 _DIGEST = 16
+# Per-process memos (content hashes, entries already marked used) are forgotten past this many: a web process
+# lives for weeks and sees every image of every project
+_MEMO_LIMIT = 200_000
 _EVICT_SHARE = 20  # a process scans for eviction after writing 1/20 of the bound
 # Per network, the spaces computed for it (see FeatureCache.space); per (backbone, depth, size), entry shapes
 _spaces: weakref.WeakKeyDictionary[MultiHeadNet, dict[tuple[int, int], tuple[tuple[Any, ...], FeatureSpace]]] = (
@@ -169,6 +172,8 @@ class FeatureCache:
             return self._contents[memo]
         key = hashlib.blake2b(read_image_bytes(path, example.key), digest_size=16).hexdigest()
         if memo is not None:
+            if len(self._contents) >= _MEMO_LIMIT:
+                self._contents.clear()
             self._contents[memo] = key
         return key
 
@@ -188,6 +193,8 @@ class FeatureCache:
             path.unlink(missing_ok=True)
             return None
         if path not in self._touched:  # least recently *used* goes first: mark it used, once per process
+            if len(self._touched) >= _MEMO_LIMIT:
+                self._touched.clear()
             self._touched.add(path)
             try:
                 os.utime(path)
