@@ -156,20 +156,19 @@ def settings_key(args: argparse.Namespace, config: TrainConfig, test: int) -> tu
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12], inputs
 
 
-def batches(todo: list[Run], jobs: int) -> list[tuple[list[str], list[int]]]:
-    """The simulate() calls that run ``todo``: each a product strategies x seeds of at most ``jobs`` runs.
+def batches(todo: list[Run]) -> list[tuple[list[str], list[int]]]:
+    """The simulate() calls that run ``todo``: each a product strategies x seeds, as few as can be.
 
-    simulate() hands back the runs' traces when the call ends, so a call holds no more runs than run side
-    by side: every run is then kept about when it finishes, not when the whole benchmark does. Seeds stay
-    outermost; consecutive seeds with the same strategies left share a call when ``jobs`` allows.
+    Consecutive seeds with the same strategies left share a call, so that the call's ``jobs`` processes
+    always have a run to take (a fresh benchmark is one call); simulate() hands each run back as it ends.
     """
     calls: list[tuple[list[str], list[int]]] = []
     for seed in dict.fromkeys(seed for _, seed in todo):
         strategies = [s for s, d in todo if d == seed]
-        if calls and calls[-1][0] == strategies and len(strategies) * (len(calls[-1][1]) + 1) <= jobs:
+        if calls and calls[-1][0] == strategies:
             calls[-1][1].append(seed)
         else:
-            calls += [(strategies[i : i + jobs], [seed]) for i in range(0, len(strategies), jobs)]
+            calls.append((strategies, [seed]))
     return calls
 
 
@@ -260,12 +259,16 @@ def run_missing(
 
     for stale in store.root.glob(".work-*"):  # the scratch folder of a session that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    for strategies, seeds in batches(todo, args.jobs):
+    def on_run(trace: RunTrace, settings: dict[str, Any]) -> None:
+        meta = {"commit": commit, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
+        store.finish(trace, meta | {"settings": settings})
+
+    for strategies, seeds in batches(todo):
         for seed in seeds:
             for strategy in strategies:
                 store.start(strategy, seed)
         with tempfile.TemporaryDirectory(dir=store.root, prefix=".work-") as work:
-            result = simulate(
+            simulate(
                 data,
                 strategies,
                 seeds,
@@ -282,17 +285,10 @@ def run_missing(
                 report=False,
                 jobs=min(args.jobs, len(strategies) * len(seeds)),
                 on_row=on_row,
+                on_run=on_run,
                 cache_features=cache is not None,
                 feature_cache=cache,
             )
-        meta = {
-            "commit": commit,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": machine(),
-            "settings": result.settings,
-        }
-        for trace in result.traces:
-            store.finish(trace, meta)
 
 
 def labels_to_reach(labels: np.ndarray, f1: np.ndarray, goal: float) -> float | None:

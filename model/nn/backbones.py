@@ -69,6 +69,7 @@ class Backbone(nn.Module):
         """
         if start == 4:
             return [], x
+        x = _channels_last(x)
         feats = []
         for i in range(start, 4):
             feat, x = self.run_group(i, x)
@@ -79,6 +80,7 @@ class Backbone(nn.Module):
         """Groups 0..depth-1 on the image ``x``: the input of group ``depth`` (the pooled embedding when
         ``depth`` is 4) and the pooled stage features so far, concatenated. What the feature cache keeps.
         """
+        x = _channels_last(x)
         means = []
         for i in range(depth):
             feat, x = self.run_group(i, x)
@@ -86,6 +88,14 @@ class Backbone(nn.Module):
         if depth == 4:
             x = x.mean(dim=(2, 3))
         return x, torch.cat(means, dim=1)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last (NHWC) memory order, in which PyTorch's CPU convolutions (oneDNN) run the
+    depthwise-separable blocks of these backbones 1.4-2x faster than in NCHW (measured on 2 cores: the
+    frozen prefix 2x, the last stage group 1.6x forward and 1.4x forward + backward). The values, and
+    every tensor shape a caller sees, are the same; only the strides differ."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _stage_out_channels(stage: nn.Module) -> int:

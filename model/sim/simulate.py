@@ -30,6 +30,7 @@ import queue as queue_module
 import tempfile
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -49,7 +50,7 @@ from model.schema import LabelSchema
 from model.sim.results import RunTrace, SimulationResult
 from model.training.evaluation import evaluate, mean_macro_f1
 from model.training.scoring import ScoreResult, default_workers
-from model.training.trainer import TrainConfig, train
+from model.training.trainer import TrainConfig, build_network, train, trainable_stages_for
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ def simulate(
     report: bool = True,
     jobs: int = 1,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_run: Callable[[RunTrace, dict[str, Any]], None] | None = None,
     cache_features: bool = True,
     feature_cache: FeatureCache | None = None,
 ) -> SimulationResult:
@@ -234,7 +236,9 @@ def simulate(
     share of the CPU's threads: on a GPU host, where one small training leaves the GPU mostly idle.
     ``cache_features`` trains and scores through ``feature_cache`` (model.nn.feature_cache; default: one
     beside the decoded images, removed at the end); without it every pass runs the whole backbone.
-    ``on_row`` gets each row too, once it is in results.csv: a caller keeps or reports runs as they go.
+    ``on_row`` gets each row too, once it is in results.csv, and ``on_run`` each run's trace with the
+    simulation's settings as soon as the run ends, after all its rows: a caller keeps runs as they finish,
+    not when the whole call does.
     """
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
     if unknown or not strategies:
@@ -319,10 +323,20 @@ def simulate(
         )
         cache = (feature_cache or FeatureCache(Path(tmp) / "features")) if cache_features else None
         inputs = _Inputs(decoded, cache)
+        if cache is not None:
+            _fill_feature_cache(sim, loop, inputs, cache, seeds)
+
+        def finished(trace: RunTrace) -> None:
+            if on_run is not None:
+                on_run(trace, settings)
+
         if jobs == 1:
-            traces = [_run(sim, strategy, seed, loop, inputs, record) for strategy, seed in runs]
+            traces = []
+            for strategy, seed in runs:
+                traces.append(_run(sim, strategy, seed, loop, inputs, record))
+                finished(traces[-1])
         else:
-            traces = _run_in_parallel(sim, runs, loop, inputs, jobs, record)
+            traces = _run_in_parallel(sim, runs, loop, inputs, jobs, record, finished)
     bar.close()
     order = {run: i for i, run in enumerate(runs)}
     rows.sort(key=lambda r: (order[(r["strategy"], r["seed"])], r["cycle"]))
@@ -332,6 +346,33 @@ def simulate(
 
         result.report_path = write_report(result, out_dir / REPORT_FILE)
     return result
+
+
+def _fill_feature_cache(
+    sim: SimulationData, loop: LoopSettings, inputs: _Inputs, cache: FeatureCache, seeds: list[int]
+) -> None:
+    """Cache the clean view of every pool and test image at each depth the runs will score at, here and now.
+
+    Every run scores the same images at the same depths (the frozen part depends only on how many labels
+    train, model.training.trainer.trainable_stages_for), so this process fills each entry once, with all the
+    CPU's threads, instead of every run's process computing it at the same moment as the others.
+    """
+    config = loop.train_config
+    depths = set()
+    for seed in seeds:
+        first = len(_Run(sim, "random", seed, loop, inputs).train_ids)
+        for cycle in range(loop.cycles + 1):
+            n = min(first + loop.k * cycle, len(sim.pool))
+            stages = (
+                config.trainable_stages
+                if config.trainable_stages is not None
+                else trainable_stages_for(n, config.unfreeze_at)
+            )
+            depths.add(4 - stages)
+    net = build_network(ExampleSet(sim.schema, []), config).eval()
+    for depth in sorted(d for d in depths if d > 0):
+        logger.info("caching the features of %d images at depth %d", len(sim.pool) + len(sim.test), depth)
+        cache.loader(net, sim.pool + sim.test, depth, config.image_size, decoded=inputs.decoded)
 
 
 def _run(
@@ -371,8 +412,10 @@ def _run_in_parallel(
     inputs: _Inputs,
     jobs: int,
     record: Callable[[dict[str, Any]], None],
+    finished: Callable[[RunTrace], None],
 ) -> list[RunTrace]:
-    """Runs in ``jobs`` spawned processes (CUDA cannot be forked); rows are recorded as they arrive.
+    """Runs in ``jobs`` spawned processes (CUDA cannot be forked); rows are recorded as they arrive, and a
+    run is ``finished`` once it has returned and all its rows are recorded (they travel on another pipe).
 
     A run that fails stops the others at once and its error is raised here.
     """
@@ -380,15 +423,25 @@ def _run_in_parallel(
     queue = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ctx.Pool(min(jobs, len(runs)), initializer=_start_worker, initargs=(queue, threads))
+    rows_seen: Counter[tuple[str, int]] = Counter()
+
+    def count(row: dict[str, Any]) -> None:
+        record(row)
+        rows_seen[(row["strategy"], row["seed"])] += 1
+
     try:
-        pending = [pool.apply_async(_run_in_worker, (sim, strategy, seed, loop, inputs)) for strategy, seed in runs]
-        while not all(p.ready() for p in pending):
-            _drain(queue, record, timeout=0.5)
-            for p in pending:
-                if p.ready() and not p.successful():
-                    p.get()  # raises the run's error
-        traces = [p.get() for p in pending]
-        _drain(queue, record, timeout=0.5)
+        pending = {run: pool.apply_async(_run_in_worker, (sim, *run, loop, inputs)) for run in runs}
+        waiting = dict(pending)
+        while waiting:
+            _drain(queue, count, timeout=0.5)
+            for run, p in list(waiting.items()):
+                if not p.ready():
+                    continue
+                trace = p.get()  # raises the run's error
+                if rows_seen[run] == loop.cycles + 1:
+                    finished(trace)
+                    del waiting[run]
+        traces = [p.get() for p in pending.values()]
         pool.close()
     except BaseException:
         pool.terminate()

@@ -27,23 +27,16 @@ def bench(monkeypatch):
 
 
 class FakeSimulate:
-    """simulate()'s contract as the benchmark uses it: on_row per cycle, then the traces; ``kill_at`` stops a run."""
+    """simulate()'s contract as the benchmark uses it: on_row per cycle, on_run per finished run (seeds
+    outermost); ``kill_at`` stops a run."""
 
     def __init__(self, kill_at: tuple[str, int] | None = None) -> None:
         self.calls: list[tuple[list[str], list[int]]] = []
         self.kill_at = kill_at
 
-    def __call__(self, data, strategies, seeds, out_dir, *, cycles, on_row, **kwargs) -> SimulationResult:
+    def __call__(self, data, strategies, seeds, out_dir, *, cycles, on_row, on_run, **kwargs) -> SimulationResult:
         self.calls.append((list(strategies), list(seeds)))
         columns = result_columns(LabelSchema.from_file())
-        for seed in seeds:
-            for strategy in strategies:
-                for cycle in range(cycles + 1):
-                    if (strategy, seed) == self.kill_at and cycle == 1:
-                        raise KeyboardInterrupt  # the benchmark is killed in this run's second cycle
-                    row = {c: 0.5 for c in columns}
-                    row.update(strategy=strategy, seed=seed, cycle=cycle, labels=100 + 50 * cycle, time_train=10.0)
-                    on_row(row)
         settings = {
             "pool": 40,
             "test": 10,
@@ -58,7 +51,17 @@ class FakeSimulate:
             "has_truth": True,
             "train_config": {"image_size": 48, "backbone": "resnet18", "epochs": 1, "device": "cpu"},
         }
-        traces = [_trace(strategy, seed) for seed in seeds for strategy in strategies]
+        traces = []
+        for seed in seeds:
+            for strategy in strategies:
+                for cycle in range(cycles + 1):
+                    if (strategy, seed) == self.kill_at and cycle == 1:
+                        raise KeyboardInterrupt  # the benchmark is killed in this run's second cycle
+                    row = {c: 0.5 for c in columns}
+                    row.update(strategy=strategy, seed=seed, cycle=cycle, labels=100 + 50 * cycle, time_train=10.0)
+                    on_row(row)
+                traces.append(_trace(strategy, seed))
+                on_run(traces[-1], settings)
         return SimulationResult(rows=[], traces=traces, settings=settings, results_path=Path(out_dir) / "results.csv")
 
 
@@ -94,14 +97,14 @@ def test_a_rerun_skips_finished_runs_and_runs_the_one_cut_short(bench, monkeypat
     killed = FakeSimulate(kill_at=("random", 1))
     with pytest.raises(KeyboardInterrupt):
         _main(bench, monkeypatch, tmp_path, killed)
-    assert killed.calls == [(["random"], [0]), (["margin"], [0]), (["random"], [1])]  # seeds outermost
+    assert killed.calls == [(["random", "margin"], [0, 1])]  # one call; each run kept as it ends
     (store_root,) = (tmp_path / "cache").iterdir()
     store = RunStore(store_root)
     assert [store.is_finished(s, d) for d, s in [(0, "random"), (0, "margin"), (1, "random")]] == [True, True, False]
 
     rerun = FakeSimulate()
     assert _main(bench, monkeypatch, tmp_path, rerun) == 0
-    assert rerun.calls == [(["random"], [1]), (["margin"], [1])]
+    assert rerun.calls == [(["random", "margin"], [1])]
     text = (tmp_path / "out" / "benchmark.md").read_text()
     assert "| random | 1 |" in text and "| margin | 0 |" in text  # the tables cover every run, old and new
     assert (tmp_path / "out" / "report.html").is_file()
@@ -112,26 +115,20 @@ def test_a_rerun_skips_finished_runs_and_runs_the_one_cut_short(bench, monkeypat
     assert again.calls == []
     fresh = FakeSimulate()
     assert _main(bench, monkeypatch, tmp_path, fresh, "--fresh") == 0
-    assert fresh.calls == [(["random"], [0]), (["margin"], [0]), (["random"], [1]), (["margin"], [1])]
+    assert fresh.calls == [(["random", "margin"], [0, 1])]
 
 
 def test_other_settings_keep_their_runs_apart(bench, monkeypatch, tmp_path):
     _main(bench, monkeypatch, tmp_path, FakeSimulate())
     other = FakeSimulate()
     _main(bench, monkeypatch, tmp_path, other, "--k", "7")
-    assert len(other.calls) == 4 and len(list((tmp_path / "cache").iterdir())) == 2
+    assert other.calls == [(["random", "margin"], [0, 1])] and len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_calls_hold_no_more_runs_than_run_side_by_side(bench):
+def test_calls_are_as_few_products_as_the_runs_left_allow(bench):
     todo = [(s, d) for d in (0, 1, 2) for s in ("a", "b", "c")]
-    assert bench.batches(todo, 1) == [([s], [d]) for d in (0, 1, 2) for s in ("a", "b", "c")]
-    assert bench.batches(todo, 9) == [(["a", "b", "c"], [0, 1, 2])]
-    assert bench.batches(todo, 6) == [(["a", "b", "c"], [0, 1]), (["a", "b", "c"], [2])]
-    assert bench.batches(todo, 2) == [(["a", "b"], [0]), (["c"], [0]), (["a", "b"], [1]), (["c"], [1])] + [
-        (["a", "b"], [2]),
-        (["c"], [2]),
-    ]
-    assert bench.batches([("b", 0), ("a", 1), ("b", 1)], 4) == [(["b"], [0]), (["a", "b"], [1])]
+    assert bench.batches(todo) == [(["a", "b", "c"], [0, 1, 2])]
+    assert bench.batches([("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]) == [(["b"], [0]), (["a", "b"], [1, 2])]
 
 
 def test_time_left_from_mean_times_per_cycle(bench):

@@ -111,7 +111,20 @@ def test_parallel_runs_record_every_cycle_in_run_order(scenes, tmp_path):
         report=False,
     )
     serial = simulate(sim, ["random", "loss"], [0, 1], tmp_path / "serial", **kwargs)
-    parallel = simulate(sim, ["random", "loss"], [0, 1], tmp_path / "parallel", jobs=2, **kwargs)
+    rows_when_finished: dict[tuple[str, int], int] = {}
+    seen: list[tuple[str, int]] = []
+    parallel = simulate(
+        sim,
+        ["random", "loss"],
+        [0, 1],
+        tmp_path / "parallel",
+        jobs=2,
+        on_row=lambda row: seen.append((row["strategy"], row["seed"])),
+        on_run=lambda trace, settings: rows_when_finished.setdefault(
+            (trace.strategy, trace.seed), seen.count((trace.strategy, trace.seed))
+        ),
+        **kwargs,
+    )
 
     def counts(row):
         return tuple(
@@ -121,6 +134,7 @@ def test_parallel_runs_record_every_cycle_in_run_order(scenes, tmp_path):
 
     assert [counts(r) for r in parallel.rows] == [counts(r) for r in serial.rows]
     assert [(t.strategy, t.seed) for t in parallel.traces] == [("random", 0), ("loss", 0), ("random", 1), ("loss", 1)]
+    assert rows_when_finished == {run: 2 for run in seen}  # each run handed back once, after all its rows
     with (tmp_path / "parallel" / "results.csv").open(newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4 * 2
     for a, b in zip(serial.traces, parallel.traces):
