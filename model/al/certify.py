@@ -1,8 +1,9 @@
-"""Certify a predicted-loss threshold under which pre-labels can be accepted without review.
+"""Certify a risk threshold under which pre-labels can be accepted without review.
 
-The band of a threshold t is {images with predicted loss <= t}; its precision is the fraction of
-them whose prediction is right on ALL heads. We want the loosest t whose precision is at least
-``target`` with confidence 1 - delta.
+The band of a threshold t is {images with risk score <= t} (model/al/confidence.py: by default minus
+the learned confidence's logit; the loss module's predicted loss when asked for); its precision is the
+fraction of them whose prediction is right on ALL heads. We want the loosest t whose precision is at
+least ``target`` with confidence 1 - delta, for the pool the probes were drawn from.
 
 - Each threshold is tested with a one-sided exact binomial bound (Clopper & Pearson, "The use of
   confidence or fiducial limits illustrated in the case of the binomial", Biometrika 1934).
@@ -10,18 +11,22 @@ them whose prediction is right on ALL heads. We want the loosest t whose precisi
   testing in clinical trials", Stat. Med. 1991; Angelopoulos, Bates, Candes, Jordan & Lei, "Learn then
   Test", 2021): walk from strict to loose, each test at level delta, stop at the first failure. The
   family-wise error stays <= delta because the order is fixed before looking at correctness: the
-  candidate thresholds depend only on the predicted losses.
+  candidate thresholds depend only on the probes' risk scores.
 
-CALIBRATION LABELS MUST BE CHOSEN INDEPENDENTLY OF THE MODEL'S SCORES: the random seed set and
-uniformly random audit samples. Never pass labels that active learning picked (the manual band is
-the HIGHEST predicted losses, so it would make the model look worse; any score-driven choice
-breaks the guarantee in one direction or the other).
+THE LABELS MUST BE PROBES: a uniform random sample of the very pool the certificate speaks for, that
+the model did not train on and the risk score was not fitted on (model/al/cycle.py keeps them so).
+Labels that active learning picked make the model look worse, labels that fitted the confidence make
+it look better, and audits drawn from an earlier model's band over-represent that band: 13-18 % of
+bands certified on such labels missed the target in the benchmark that led here (issue 14).
+A certificate records which pool it is for (:func:`pool_digest`), and holds for that pool only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,15 +78,25 @@ def labels_needed(target: float, delta: float) -> int:
     return n
 
 
+def pool_digest(keys: Iterable[str]) -> str:
+    """A short fingerprint of a pool (its images' keys, in any order): what a certificate speaks for."""
+    h = hashlib.sha256()
+    for key in sorted(str(k) for k in keys):
+        h.update(key.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Certificate:
     """The outcome of :func:`certify_threshold`; JSON-serialisable through to_dict()/from_dict().
 
-    threshold: the certified predicted-loss threshold (band = loss <= threshold), None if none.
+    threshold: the certified risk threshold (band = risk <= threshold), None if none.
     lower_bound: Clopper-Pearson lower bound on the band's precision at that threshold.
-    precision: empirical precision of the calibration labels in the band.
-    more_labels_needed: how many more calibration labels could make certification possible at all,
-        None when the count is not what is missing.
+    precision: empirical precision of the probes in the band.
+    n_calibration: how many probes were tested.
+    more_labels_needed: how many more probes could make certification possible at all, None when the
+        count is not what is missing.
+    pool: :func:`pool_digest` of the pool the probes were drawn from, None when the caller named none.
     """
 
     threshold: float | None
@@ -93,6 +108,11 @@ class Certificate:
     delta: float
     more_labels_needed: int | None
     message: str
+    pool: str | None = None
+
+    def speaks_for(self, pool: str) -> bool:
+        """Whether this certificate holds for the pool of digest ``pool``: only the one its probes came from."""
+        return self.threshold is not None and self.pool is not None and self.pool == pool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,60 +123,58 @@ class Certificate:
 
 
 def certify_threshold(
-    predicted_loss: ArrayLike,
+    risk: ArrayLike,
     correct: ArrayLike,
     target: float = 0.95,
     delta: float = 0.05,
     min_in_band: int | None = None,
+    pool: str | None = None,
 ) -> Certificate:
-    """The loosest predicted-loss threshold whose band precision is >= target with confidence 1 - delta.
+    """The loosest risk threshold whose band precision is >= target with confidence 1 - delta.
 
-    predicted_loss, correct: one entry per CALIBRATION label (see the module docstring: labels chosen
-    independently of the model's scores only); correct = the prediction was right on all heads.
-
-    Candidate thresholds are the sorted unique calibration losses, strict to loose. Testing starts at
-    the first candidate whose band holds at least ``min_in_band`` labels (default and minimum:
+    risk, correct: one entry per probe (see the module docstring: a uniform random sample of the pool
+    ``pool`` names, never trained or fitted on); correct = the prediction was right on all heads.
+    Candidate thresholds are the sorted unique probe risks, strict to loose. Testing starts at the first
+    candidate whose band holds at least ``min_in_band`` probes (default and minimum:
     :func:`labels_needed`, since smaller bands can never pass); a larger start tolerates a few errors
-    among the lowest losses at the price of never certifying a tighter band. Each candidate passes
-    when the Clopper-Pearson lower bound on its band precision is >= target; the first failure ends
-    the walk (fixed-sequence testing), even if a looser threshold would pass again.
+    among the lowest risks at the price of never certifying a tighter band. Each candidate passes when
+    the Clopper-Pearson lower bound on its band precision is >= target; the first failure ends the walk
+    (fixed-sequence testing), even if a looser threshold would pass again.
     """
-    loss = np.asarray(predicted_loss, dtype=np.float64)
+    scores = np.asarray(risk, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
-    if loss.ndim != 1 or loss.shape != ok.shape:
-        raise ValueError(f"predicted_loss and correct must be 1-D of equal length, got {loss.shape} and {ok.shape}")
-    if not np.all(np.isfinite(loss)):
-        raise ValueError("predicted_loss contains NaN or infinity; rescore the calibration images")
-    n_cal = int(loss.shape[0])
+    if scores.ndim != 1 or scores.shape != ok.shape:
+        raise ValueError(f"risk and correct must be 1-D of equal length, got {scores.shape} and {ok.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("risk contains NaN or infinity; rescore the probes")
+    n_cal = int(scores.shape[0])
     start = max(labels_needed(target, delta), min_in_band or 0)
 
     def refuse(message: str, more: int | None) -> Certificate:
         logger.info("no certified threshold: %s", message)
-        return Certificate(None, None, None, n_cal, 0, target, delta, more, message)
+        return Certificate(None, None, None, n_cal, 0, target, delta, more, message, pool)
 
     if n_cal < start:
         more = start - n_cal
         return refuse(
-            f"{n_cal} calibration labels; certifying precision >= {target} at confidence {1 - delta:g} needs "
-            f"a band of at least {start}, so label at least {more} more randomly chosen images",
+            f"{n_cal} probes; certifying precision >= {target} at confidence {1 - delta:g} needs a band of at "
+            f"least {start}, so label at least {more} more probes (images drawn at random from the pool)",
             more,
         )
-
-    order = np.argsort(loss, kind="stable")
-    sorted_loss = loss[order]
+    order = np.argsort(scores, kind="stable")
+    sorted_risk = scores[order]
     cum_correct = np.cumsum(ok[order])
-    thresholds = np.unique(sorted_loss)
-    band_sizes = np.searchsorted(sorted_loss, thresholds, side="right")
+    thresholds = np.unique(sorted_risk)
+    band_sizes = np.searchsorted(sorted_risk, thresholds, side="right")
     tested = band_sizes >= start
     thresholds, band_sizes = thresholds[tested], band_sizes[tested]
     successes = cum_correct[band_sizes - 1]
     lower = _cp_lower(successes, band_sizes, delta)
-
     failures = np.flatnonzero(lower < target)
     n_passed = int(failures[0]) if failures.size else len(thresholds)
     if n_passed == 0:
         return refuse(
-            f"the {band_sizes[0]} lowest-loss calibration labels are {successes[0] / band_sizes[0]:.3f} right "
+            f"the {band_sizes[0]} lowest-risk probes are {successes[0] / band_sizes[0]:.3f} right "
             f"(lower bound {lower[0]:.3f} < target {target}); the model is not provably precise enough yet",
             None,
         )
@@ -171,9 +189,10 @@ def certify_threshold(
         delta=delta,
         more_labels_needed=None,
         message=(
-            f"predicted loss <= {thresholds[i]:.4g} certified: precision >= {lower[i]:.3f} with confidence "
-            f"{1 - delta:g} ({successes[i]}/{band_sizes[i]} calibration labels right)"
+            f"risk <= {thresholds[i]:.4g} certified: precision >= {lower[i]:.3f} with confidence "
+            f"{1 - delta:g} ({successes[i]}/{band_sizes[i]} probes right)"
         ),
+        pool=pool,
     )
     logger.info(cert.message)
     return cert

@@ -15,19 +15,30 @@ it is monotone in one linear score, so it orders images and can be thresholded l
 
 ``use_loss_module=False`` fits the same function without the predicted loss, to measure what the
 module adds (issue 14 asks for its contribution, with and without it).
+
+:class:`RiskScore` is the one function that scores, ranks and bands a cycle's images (model/al/cycle.py):
+the learned confidence by default, fitted each cycle on labels chosen independently of the strategies
+(the seed set's holdout half and the audits) and never on the probes that certify it; the paper's
+predicted loss when asked for (``score="loss"``). While the confidence cannot be fitted (too few wrong
+or right examples yet) it falls back to the joint max-softmax, the strongest fixed failure detector in
+the measurements above, and says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 MIN_EACH_CLASS = 2  # right and wrong examples each, below which nothing is fitted
+RISK_SCORES = ("confidence", "loss")
+"""What scores, ranks and bands: the learned confidence (default) or the loss module's predicted loss."""
+JOINT_MAX_SOFTMAX = "joint max-softmax"
 
 
 def confidence_features(
@@ -44,16 +55,31 @@ def confidence_features(
 
 @dataclass
 class Confidence:
-    """P(every head right) as a fitted function of :func:`confidence_features`."""
+    """P(every head right) = sigmoid(features . weights + bias), the features of :func:`confidence_features`.
 
-    model: Pipeline
+    Kept as a plain linear function (the fitted scaler folded into the weights) so that it is saved with
+    a model version as a few numbers and read back by the web process that answers ``/predict``.
+    """
+
+    weights: np.ndarray
+    bias: float
     use_loss_module: bool
 
-    def predict(self, predicted_loss: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
+    def logit(self, predicted_loss: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
+        """The linear score whose sigmoid is the confidence: it orders images exactly as the confidence does."""
         if len(predicted_loss) == 0:
             return np.zeros(0)
-        features = confidence_features(predicted_loss, probs, self.use_loss_module)
-        return self.model.predict_proba(features)[:, 1]
+        return confidence_features(predicted_loss, probs, self.use_loss_module) @ self.weights + self.bias
+
+    def predict(self, predicted_loss: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(predicted_loss, probs)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights.tolist(), "bias": self.bias, "use_loss_module": self.use_loss_module}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Confidence:
+        return cls(np.asarray(data["weights"], dtype=np.float64), float(data["bias"]), bool(data["use_loss_module"]))
 
 
 def fit_confidence(
@@ -67,9 +93,57 @@ def fit_confidence(
     correct = np.asarray(correct, dtype=bool)
     if correct.sum() < MIN_EACH_CLASS or (~correct).sum() < MIN_EACH_CLASS:
         return None
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-    model.fit(confidence_features(predicted_loss, probs, use_loss_module), correct)
-    return Confidence(model=model, use_loss_module=use_loss_module)
+    scaler, regression = StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)
+    make_pipeline(scaler, regression).fit(confidence_features(predicted_loss, probs, use_loss_module), correct)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    weights = regression.coef_[0] / scale
+    bias = float(regression.intercept_[0] - weights @ scaler.mean_)
+    return Confidence(weights=weights, bias=bias, use_loss_module=use_loss_module)
+
+
+@dataclass
+class RiskScore:
+    """How likely each image's pre-label is wrong, as one number: higher = more likely wrong.
+
+    ``source`` says which function it is: "confidence" (minus the learned confidence's logit),
+    JOINT_MAX_SOFTMAX (minus the sum over heads of log max-softmax: the confidence was asked for but
+    could not be fitted yet) or "loss" (the loss module's predicted loss, Yoo & Kweon's score).
+    """
+
+    source: str
+    confidence: Confidence | None = None
+
+    def __call__(self, predicted_loss: np.ndarray, probs: dict[str, np.ndarray]) -> np.ndarray:
+        predicted_loss = np.asarray(predicted_loss, dtype=np.float64)
+        if self.source == "loss":
+            return predicted_loss
+        if self.confidence is not None:
+            return -self.confidence.logit(predicted_loss, probs)
+        risk = np.zeros(len(predicted_loss))
+        for p in probs.values():
+            risk -= np.log(np.clip(np.asarray(p, dtype=np.float64).max(axis=1), 1e-12, 1.0))
+        return risk
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "confidence": None if self.confidence is None else self.confidence.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RiskScore:
+        conf = data.get("confidence")
+        return cls(source=str(data["source"]), confidence=None if conf is None else Confidence.from_dict(conf))
+
+
+def fit_risk_score(
+    score: str, predicted_loss: np.ndarray, probs: dict[str, np.ndarray], correct: np.ndarray
+) -> RiskScore:
+    """The cycle's risk score (``score``, one of RISK_SCORES), fitted on the images of ``correct`` when it is
+    the confidence: labels the classifier did not train on and that will never certify this score."""
+    if score not in RISK_SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RISK_SCORES)}")
+    if score == "loss":
+        return RiskScore("loss")
+    confidence = fit_confidence(predicted_loss, probs, correct)
+    return RiskScore("confidence", confidence) if confidence is not None else RiskScore(JOINT_MAX_SOFTMAX)
 
 
 def error_auroc(confidence: np.ndarray, correct: np.ndarray) -> float:

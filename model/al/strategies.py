@@ -7,6 +7,9 @@ indices; scoring the pool and running the labeling loop live elsewhere. All stra
 - ``loss``: Yoo & Kweon, "Learning Loss for Active Learning", CVPR 2019.
 - ``loss+diversity``: the ``loss`` ranking re-ranked by k-center greedy, the core-set selection of
   Sener & Savarese, "Active Learning for Convolutional Neural Networks: A Core-Set Approach", ICLR 2018.
+- ``confidence``: the cycle's risk score (model/al/confidence.py: by default minus the learned confidence
+  that every head is right), highest first: uncertainty sampling on the one score that also ranks the
+  queue and bands the pool.
 - ``random``, ``entropy``, ``margin``: the usual baselines.
 """
 
@@ -25,11 +28,13 @@ class PoolView:
     predicted_loss: (N,) output of the loss-prediction module (higher = the model expects to be wrong).
     probs: head name -> (N, C) class probabilities, C >= 2.
     embeddings: (N, D) image embeddings, or None when the scorer did not keep them.
+    risk: (N,) the cycle's risk score (model.al.confidence.RiskScore), set by model.al.cycle.plan_cycle.
     """
 
     predicted_loss: np.ndarray
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     embeddings: np.ndarray | None = None
+    risk: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.predicted_loss = np.asarray(self.predicted_loss, dtype=np.float64)
@@ -51,6 +56,33 @@ class PoolView:
             self.embeddings = np.asarray(self.embeddings, dtype=np.float64)
             if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
                 raise ValueError(f"embeddings must have shape (N={n}, D), got {self.embeddings.shape}")
+        if self.risk is not None:
+            self.risk = np.asarray(self.risk, dtype=np.float64)
+            if self.risk.shape != (n,) or not np.all(np.isfinite(self.risk)):
+                raise ValueError(f"risk must be {n} finite values, got shape {self.risk.shape}")
+
+    def subset(self, idx: np.ndarray) -> PoolView:
+        """The view of the images ``idx``, in that order."""
+        return PoolView(
+            self.predicted_loss[idx],
+            {h: p[idx] for h, p in self.probs.items()},
+            None if self.embeddings is None else self.embeddings[idx],
+            None if self.risk is None else self.risk[idx],
+        )
+
+    @staticmethod
+    def concat(a: PoolView, b: PoolView) -> PoolView:
+        """``a``'s images, then ``b``'s (same heads; embeddings and risk kept when both have them)."""
+
+        def both(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+            return None if x is None or y is None else np.concatenate([x, y])
+
+        return PoolView(
+            np.concatenate([a.predicted_loss, b.predicted_loss]),
+            {h: np.concatenate([p, b.probs[h]]) for h, p in a.probs.items()},
+            both(a.embeddings, b.embeddings),
+            both(a.risk, b.risk),
+        )
 
     def __len__(self) -> int:
         return int(self.predicted_loss.shape[0])
@@ -179,12 +211,28 @@ class MarginStrategy:
         return _top(-np.min(margins, axis=0), k)
 
 
+@dataclass
+class ConfidenceStrategy:
+    """Highest risk score first: the images the cycle's confidence (model/al/confidence.py) trusts least."""
+
+    name: str = field(default="confidence", init=False)
+
+    def select(self, pool: PoolView, k: int, rng: np.random.Generator) -> np.ndarray:
+        _check_k(k)
+        if pool.risk is None:
+            raise ValueError(
+                "the 'confidence' strategy needs the cycle's risk score (set by model.al.cycle.plan_cycle)"
+            )
+        return _top(pool.risk, k)
+
+
 _STRATEGIES: dict[str, type] = {
     "loss": LossStrategy,
     "loss+diversity": LossDiversityStrategy,
     "random": RandomStrategy,
     "entropy": EntropyStrategy,
     "margin": MarginStrategy,
+    "confidence": ConfidenceStrategy,
 }
 #: The names ``get_strategy`` accepts, in the registry's order (the one list of strategies)
 STRATEGY_NAMES: tuple[str, ...] = tuple(_STRATEGIES)

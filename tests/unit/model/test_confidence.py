@@ -49,8 +49,7 @@ def test_the_confidence_is_calibrated_on_images_it_was_not_fitted_on() -> None:
     for lo, hi in zip(edges[:-1], edges[1:]):  # five bins of equal size: the rate of right images matches
         inside = (predicted >= lo) & (predicted <= hi)
         assert abs(predicted[inside].mean() - correct[test][inside].mean()) < 0.06
-    score = conf.model.decision_function(confidence_features(loss[test], {h: p[test] for h, p in probs.items()}))
-    order = np.argsort(score)
+    order = np.argsort(conf.logit(loss[test], {h: p[test] for h, p in probs.items()}))
     assert (np.diff(predicted[order]) >= 0).all()  # monotone in one linear score: it orders like a score
 
 
