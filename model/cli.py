@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model.al.confidence import RISK_SCORES
+from model.al.strategies import STRATEGY_NAMES
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.settings import DEFAULT_FEATURE_CACHE_DIR, CacheSettings
 
@@ -117,18 +119,25 @@ def add_commands(sub: argparse._SubParsersAction, readers: LabelStudioReaders | 
     )
     p.add_argument("--k", type=int, default=100, help="manual picks per cycle")
     p.add_argument("--audit", type=int, default=50, help="audit sample per cycle")
+    p.add_argument("--probes", type=int, default=50, help="random probes drawn per cycle (they certify)")
+    p.add_argument(
+        "--score",
+        choices=RISK_SCORES,
+        default="confidence",
+        help="what scores, ranks and bands: the learned confidence or the loss module's predicted loss",
+    )
     p.add_argument("--cycles", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     p.add_argument(
         "--strategies",
-        default="loss,random,entropy,margin",
-        help="comma-separated: loss, loss+diversity, random, entropy, margin",
+        default="loss,random,entropy,margin,confidence",
+        help=f"comma-separated: {', '.join(STRATEGY_NAMES)}",
     )
     p.add_argument(
         "--calibration-labels",
         choices=("annotator", "truth"),
         default="annotator",
-        help="what the holdout and audits reveal: the annotator's (noisy) labels or the truth (a careful reviewer)",
+        help="what the holdout, audits and probes reveal: the annotator's (noisy) labels or the truth (a reviewer)",
     )
     p.add_argument(
         "--config",
@@ -377,6 +386,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         k=args.k,
         cycles=args.cycles,
         audit_size=args.audit,
+        probe_size=args.probes,
+        score=args.score,
         train_config=config,
         calibration_labels=args.calibration_labels,
         jobs=args.jobs,

@@ -30,10 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 MIN_EACH_CLASS = 2  # right and wrong examples each, below which nothing is fitted
 RISK_SCORES = ("confidence", "loss")
@@ -90,6 +86,10 @@ def fit_confidence(
 ) -> Confidence | None:
     """Fit on images whose correctness is known (``correct``: every head right), which must be images the
     classifier did not train on; None when fewer than MIN_EACH_CLASS right or wrong ones are known."""
+    from sklearn.linear_model import LogisticRegression  # scikit-learn loads in a second: not for every CLI call
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     correct = np.asarray(correct, dtype=bool)
     if correct.sum() < MIN_EACH_CLASS or (~correct).sum() < MIN_EACH_CLASS:
         return None
@@ -148,6 +148,8 @@ def fit_risk_score(
 
 def error_auroc(confidence: np.ndarray, correct: np.ndarray) -> float:
     """AUROC of low confidence for finding wrong predictions; NaN when only one kind is present."""
+    from sklearn.metrics import roc_auc_score
+
     wrong = ~np.asarray(correct, dtype=bool)
     if not 0 < wrong.sum() < len(wrong):
         return float("nan")

@@ -77,12 +77,9 @@ def figures(result: SimulationResult) -> list[tuple[str, str]]:
     rows, target = result.rows, result.settings["target"]
     out = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _band_plot(
-        axes[0], rows, "labels", "accuracy", "test accuracy (mean over heads)", "labels (seed set + manual picks)"
-    )
-    _band_plot(
-        axes[1], rows, "labels", "macro_f1", "test macro-F1 (mean over heads)", "labels (seed set + manual picks)"
-    )
+    people = "labels by people (seed set, manual picks, audits, probes)"
+    _band_plot(axes[0], rows, "labels_by_people", "accuracy", "test accuracy (mean over heads)", people)
+    _band_plot(axes[1], rows, "labels_by_people", "macro_f1", "test macro-F1 (mean over heads)", people)
     out.append(
         ("Accuracy and macro-F1 on the test set against labels; line = mean over seeds, band = min..max.", _png(fig))
     )
@@ -102,18 +99,25 @@ def figures(result: SimulationResult) -> list[tuple[str, str]]:
     )
     out.append(
         (
-            "Automatic annotation per cycle: the certified band (minus the audit) as a share of the unlabeled pool, "
+            "Automatic annotation per cycle: the certified band (minus what people label) as a share of the "
+            "unlabeled pool, "
             "and its measured precision (no point = nothing certified).",
             _png(fig),
         )
     )
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    _band_plot(axes[0], rows, "cycle", "auroc_loss", "AUROC for wrong predictions", "cycle")
-    axes[0].set_title("loss module")
-    _band_plot(axes[1], rows, "cycle", "auroc_msp", "AUROC for wrong predictions", "cycle")
-    axes[1].set_title("max-softmax (baseline)")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, (column, title) in zip(
+        axes,
+        (
+            ("auroc_score", "the risk score in use"),
+            ("auroc_loss", "loss module alone"),
+            ("auroc_msp", "max-softmax (baseline)"),
+        ),
+    ):
+        _band_plot(ax, rows, "cycle", column, "AUROC for wrong predictions", "cycle")
+        ax.set_title(title)
     out.append(("How well each score finds the test images where some head is wrong.", _png(fig)))
     plt.close(fig)
 
@@ -136,6 +140,7 @@ def figures(result: SimulationResult) -> list[tuple[str, str]]:
 TABLE_COLUMNS = (
     "labels",
     "labels_by_people",
+    "probe_labels",
     "macro_f1",
     "accuracy",
     "auto_share",
@@ -143,6 +148,7 @@ TABLE_COLUMNS = (
     "precision_truth",
     "threshold",
     "lower_bound",
+    "auroc_score",
     "auroc_loss",
     "auroc_msp",
     "time_train",

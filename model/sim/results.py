@@ -17,28 +17,28 @@ import numpy as np
 from model.atomic import write_atomic, write_json_atomic, write_text_atomic
 
 #: The format of a saved RunTrace; a file of another version is refused rather than misread.
-TRACE_FORMAT = 1
+TRACE_FORMAT = 2
 
 
 @dataclass
 class RunTrace:
-    """What the last model of one run saw, for analyses after the fact (scatter, repeated audits).
+    """What the last model of one run saw, for analyses after the fact (scatter, redrawn probes).
 
-    Pool-sized arrays are indexed like SimulationData.pool; NaN loss = the image could not be read.
-    train_ids, holdout_ids, audit_ids: the labels the last model's plan knew (its own picks excluded).
-    audit_draws: per revealed audit, (candidate pool indices, sample size) it was drawn with.
+    Pool-sized arrays are indexed like SimulationData.pool; pool_risk is the last cycle's risk score
+    (model.al.confidence.RiskScore), NaN where the image could not be read. train_ids, holdout_ids,
+    audit_ids, probe_ids: the labels the last model's plan knew, by role (its own picks excluded).
     """
 
     strategy: str
     seed: int
-    pool_loss: np.ndarray
+    pool_risk: np.ndarray
     correct_calibration: np.ndarray
     correct_labels: np.ndarray
     correct_truth: np.ndarray
     train_ids: np.ndarray
     holdout_ids: np.ndarray
     audit_ids: np.ndarray
-    audit_draws: list[tuple[np.ndarray, int]]
+    probe_ids: np.ndarray
     test_predicted_loss: np.ndarray
     test_true_loss: np.ndarray
 
@@ -48,13 +48,7 @@ class RunTrace:
         No pickles, so a trace from an older checkout or another machine loads without running code.
         """
         arrays = {name: getattr(self, name) for name in _array_fields()}
-        arrays.update({f"audit_candidates_{i}": candidates for i, (candidates, _) in enumerate(self.audit_draws)})
-        meta = {
-            "format": TRACE_FORMAT,
-            "strategy": self.strategy,
-            "seed": self.seed,
-            "audit_sizes": [int(size) for _, size in self.audit_draws],
-        }
+        meta = {"format": TRACE_FORMAT, "strategy": self.strategy, "seed": self.seed}
 
         def write(tmp: Path) -> None:
             with tmp.open("wb") as fh:  # a file object: np.savez would append .npz to a path
@@ -68,13 +62,7 @@ class RunTrace:
             meta = json.loads(str(npz["meta"]))
             if meta.get("format") != TRACE_FORMAT:
                 raise ValueError(f"{path}: trace format {meta.get('format')}, expected {TRACE_FORMAT}")
-            draws = [(npz[f"audit_candidates_{i}"], size) for i, size in enumerate(meta["audit_sizes"])]
-            return cls(
-                strategy=meta["strategy"],
-                seed=meta["seed"],
-                audit_draws=draws,
-                **{name: npz[name] for name in _array_fields()},
-            )
+            return cls(strategy=meta["strategy"], seed=meta["seed"], **{name: npz[name] for name in _array_fields()})
 
 
 def _array_fields() -> list[str]:

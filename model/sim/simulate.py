@@ -3,18 +3,21 @@
 Per (strategy, seed) run, with the same pool, test set and random seed set for every strategy:
 
 1. a random seed set is labeled; :func:`~model.al.cycle.is_calibration_holdout` sends about
-   half of it to calibration only;
+   half of it to the fit labels (they fit the risk score, never train);
 2. each cycle trains the real model (model.training.train) on the training labels, scores the pool
    and a held-out test set, and plans the cycle (model.al.cycle.plan_cycle);
-3. the simulated annotator reveals the manual picks (to training) and the audit sample (to
-   calibration); the certified band, minus the audit, counts as auto-labeled and its precision is
-   measured against the labels nobody revealed.
+3. the simulated annotator reveals the manual picks (to training), the audit sample (to the fit
+   labels) and the new probes (to the probes, which certify and nothing else); probes the strategy
+   picked move to training. The certified band counts as auto-labeled and its precision is measured
+   against the labels nobody revealed.
+
+``labels_by_people`` counts every label a person gave: seed set, manual picks, audits and probes.
 
 The annotator reveals the manifest's labels, noise included (manifest.csv of model.sim.scenes is "what an
 annotator would say"). Where a truth file exists (model.sim.scenes's truth.csv beside the manifest), the
 test set is scored against the truth and the auto-labels are measured against both.
-``calibration_labels="truth"`` models audits by a careful reviewer: the calibration labels (holdout
-and audits) then come from the truth file too.
+``calibration_labels="truth"`` models audits and probes by a careful reviewer: the fit labels (holdout
+and audits) and the probes then come from the truth file too.
 
 Auto-labeled images stay in the pool (they never train the model, as in the Label Studio backend
 where machine labels are excluded from training); the automatic band is re-derived every cycle.
@@ -40,8 +43,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from model.al.confidence import error_auroc, fit_confidence
-from model.al.cycle import is_calibration_holdout, plan_cycle
+from model.al.confidence import RISK_SCORES, error_auroc, fit_confidence
+from model.al.cycle import Labeled, is_calibration_holdout, plan_cycle
 from model.al.strategies import STRATEGY_NAMES, PoolView
 from model.data.decoded import DecodedImages
 from model.data.examples import Example, ExampleSet, read_manifest
@@ -152,10 +155,14 @@ def result_columns(schema: LabelSchema) -> list[str]:
         "train_labels",
         "calibration_labels",
         "audit_labels",
+        "probe_labels",
+        "probes",
         "labels_by_people",
         "pool_remaining",
         "manual",
         "audit",
+        "new_probes",
+        "probes_to_train",
         "automatic",
         "auto_share",
         "precision_labels",
@@ -164,12 +171,15 @@ def result_columns(schema: LabelSchema) -> list[str]:
         "lower_bound",
         "calibration_precision",
         "more_labels_needed",
+        "audit_check",
         "expected_accuracy_automatic",
         *[f"f1_{h}" for h in heads],
         "macro_f1",
         *[f"accuracy_{h}" for h in heads],
         "accuracy",
         "exact_match",
+        "score",
+        "auroc_score",
         "auroc_loss",
         "auroc_msp",
         "auroc_confidence",
@@ -192,6 +202,8 @@ class LoopSettings:
     k: int
     cycles: int
     audit_size: int
+    probe_size: int
+    score: str
     train_config: TrainConfig
     holdout_fraction: float
     target: float
@@ -211,6 +223,8 @@ def simulate(
     k: int = 100,
     cycles: int = 10,
     audit_size: int = 50,
+    probe_size: int = 50,
+    score: str = "confidence",
     train_config: TrainConfig | None = None,
     holdout_fraction: float = 0.5,
     target: float = 0.95,
@@ -243,6 +257,8 @@ def simulate(
     unknown = [s for s in strategies if s not in STRATEGY_NAMES]
     if unknown or not strategies:
         raise ValueError(f"unknown or no strategies {unknown}; choose from {', '.join(STRATEGY_NAMES)}")
+    if score not in RISK_SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RISK_SCORES)}")
     if calibration_labels not in CALIBRATION_SOURCES:
         raise ValueError(f"calibration_labels must be one of {CALIBRATION_SOURCES}, got {calibration_labels!r}")
     if jobs < 1:
@@ -264,6 +280,8 @@ def simulate(
         k=k,
         cycles=cycles,
         audit_size=audit_size,
+        probe_size=probe_size,
+        score=score,
         train_config=config,
         holdout_fraction=holdout_fraction,
         target=target,
@@ -477,7 +495,8 @@ class _Inputs:
 
 
 class _Run:
-    """The state of one (strategy, seed) run: which pool images are labeled, and for what."""
+    """The state of one (strategy, seed) run: which pool images are labeled, and for what (model/al/cycle.py's
+    roles: train, fit = holdout and audits, probes)."""
 
     def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, inputs: _Inputs) -> None:
         self.sim, self.strategy, self.seed, self.loop = sim, strategy, seed, loop
@@ -489,12 +508,13 @@ class _Run:
         self.train_ids: list[int] = [int(i) for i in seed_ids[~held]]
         self.holdout_ids: list[int] = [int(i) for i in seed_ids[held]]
         self.audit_ids: list[int] = []
+        self.probe_ids: list[int] = []
         self.n_seed = loop.seed_size
         self.n_manual = 0
+        self.n_probe_labels = 0
         self.calib_truth = loop.calibration_labels == "truth"
         self.rng = np.random.default_rng([seed, zlib.crc32(strategy.encode())])
-        self.audit_draws: list[tuple[np.ndarray, int]] = []
-        self.pending: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, int]] | None = None
+        self.pending: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.last: dict[str, Any] = {}
 
     def cycle(self, cycle: int) -> dict[str, Any]:
@@ -512,7 +532,9 @@ class _Run:
             "train_labels": len(self.train_ids),
             "calibration_labels": len(self.holdout_ids) + len(self.audit_ids),
             "audit_labels": len(self.audit_ids),
-            "labels_by_people": self.n_seed + self.n_manual + len(self.audit_ids),
+            "probe_labels": self.n_probe_labels,
+            "probes": len(self.probe_ids),
+            "labels_by_people": self.n_seed + self.n_manual + len(self.audit_ids) + self.n_probe_labels,
         }
         t0 = time.perf_counter()
         run_config = replace(config, seed=config.seed + 1000 * self.seed + cycle)
@@ -544,33 +566,47 @@ class _Run:
         correct_labels = (pred == sim.pool_labels).all(axis=1)
         correct_truth = (pred == sim.pool_truth).all(axis=1)
         correct_calib = correct_truth if self.calib_truth else correct_labels
-        calib = np.array(self.holdout_ids + self.audit_ids, dtype=np.int64)
-        calib = calib[np.isfinite(loss[calib])]
-        row.update(_confidence_columns(loss, probs, calib, correct_calib, test_scored))
+        readable = np.isfinite(loss)
+        fit = np.array(self.holdout_ids + self.audit_ids, dtype=np.int64)
+        fit = fit[readable[fit]]
+        probe = np.array(self.probe_ids, dtype=np.int64)
+        probe = probe[readable[probe]]
+        row.update(_confidence_columns(loss, probs, fit, correct_calib, test_scored))
         labeled = np.zeros(len(sim.pool), dtype=bool)
-        labeled[self.train_ids + self.holdout_ids + self.audit_ids] = True
-        unlabeled = np.flatnonzero(~labeled & np.isfinite(loss))
-        view = PoolView(loss[unlabeled], {h: p[unlabeled] for h, p in probs.items()}, embeddings[unlabeled])
+        labeled[self.train_ids + self.holdout_ids + self.audit_ids + self.probe_ids] = True
+        unlabeled = np.flatnonzero(~labeled & readable)
+
+        def view(ids: np.ndarray) -> PoolView:
+            return PoolView(loss[ids], {h: p[ids] for h, p in probs.items()}, embeddings[ids])
+
         plan = plan_cycle(
-            view,
-            loss[calib],
-            correct_calib[calib],
+            view(unlabeled),
+            Labeled(view(fit), correct_calib[fit]),
+            Labeled(view(probe), correct_calib[probe]),
             k=loop.k,
             audit_size=loop.audit_size,
+            probe_size=loop.probe_size,
             strategy=self.strategy,
+            score=loop.score,
             target=loop.target,
             delta=loop.delta,
             rng=self.rng,
         )
         manual, audit, auto = unlabeled[plan.manual], unlabeled[plan.audit], unlabeled[plan.automatic]
-        remaining = len(unlabeled) - len(manual) - len(audit)
+        new_probes = unlabeled[plan.probes]
+        remaining = len(unlabeled) - len(manual) - len(audit) - len(new_probes)
         cert = plan.certificate
         est = plan.estimates.get("automatic")
+        risk = np.full(len(sim.pool), np.nan)
+        risk[readable] = plan.risk_score(loss[readable], {h: p[readable] for h, p in probs.items()})
+        test_risk = plan.risk_score(test_scored.predicted_loss, test_scored.probs)
         row.update(
             {
                 "pool_remaining": remaining,
                 "manual": len(manual),
                 "audit": len(audit),
+                "new_probes": len(new_probes),
+                "probes_to_train": len(plan.probes_to_train),
                 "automatic": len(auto),
                 "auto_share": len(auto) / remaining if remaining else float("nan"),
                 "precision_labels": float(correct_labels[auto].mean()) if len(auto) else float("nan"),
@@ -579,14 +615,19 @@ class _Run:
                 "lower_bound": cert.lower_bound,
                 "calibration_precision": cert.precision,
                 "more_labels_needed": cert.more_labels_needed,
+                "audit_check": plan.audit_check[0] / plan.audit_check[1]
+                if plan.audit_check and plan.audit_check[1]
+                else float("nan"),
                 "expected_accuracy_automatic": est.expected_accuracy if est is not None else None,
+                "score": plan.risk_score.source,
+                "auroc_score": error_auroc(-test_risk, test_scored.all_correct()),
                 "time_select": plan.timings["select"],
                 "time_certify": plan.timings["certify"],
             }
         )
-        self.pending = (manual, audit, (unlabeled[plan.audit_candidates], loop.audit_size))
+        self.pending = (manual, audit, new_probes, probe[plan.probes_to_train])
         self.last = {
-            "loss": loss,
+            "risk": risk,
             "correct_calibration": correct_calib,
             "correct_labels": correct_labels,
             "correct_truth": correct_truth,
@@ -596,13 +637,16 @@ class _Run:
         return row
 
     def reveal(self) -> None:
-        """The simulated annotator labels the last plan's picks: manual ones train, audited ones calibrate."""
+        """The simulated annotator labels the last plan's picks: manual ones train, audited ones fit, new probes
+        certify; probes the strategy picked train from now on (their labels are known already)."""
         assert self.pending is not None, "reveal() follows cycle(), which sets the plan's picks"
-        manual, audit, draw = self.pending
-        self.train_ids += [int(i) for i in manual]
+        manual, audit, new_probes, probes_to_train = self.pending
+        moved = {int(i) for i in probes_to_train}
+        self.train_ids += [int(i) for i in manual] + sorted(moved)
+        self.probe_ids = [i for i in self.probe_ids if i not in moved] + [int(i) for i in new_probes]
         self.audit_ids += [int(i) for i in audit]
         self.n_manual += len(manual)
-        self.audit_draws.append(draw)
+        self.n_probe_labels += len(new_probes)
 
     def trace(self) -> RunTrace:
         """The last model's view: labels as that model's plan saw them (its own picks are not revealed)."""
@@ -610,14 +654,14 @@ class _Run:
         return RunTrace(
             strategy=self.strategy,
             seed=self.seed,
-            pool_loss=last["loss"],
+            pool_risk=last["risk"],
             correct_calibration=last["correct_calibration"],
             correct_labels=last["correct_labels"],
             correct_truth=last["correct_truth"],
             train_ids=np.array(self.train_ids, dtype=np.int64),
             holdout_ids=np.array(self.holdout_ids, dtype=np.int64),
             audit_ids=np.array(self.audit_ids, dtype=np.int64),
-            audit_draws=list(self.audit_draws),
+            probe_ids=np.array(self.probe_ids, dtype=np.int64),
             test_predicted_loss=last["test_loss"],
             test_true_loss=last["test_true_loss"],
         )

@@ -6,13 +6,14 @@ import pytest
 from model.sim.results import RunStore, RunTrace, load_rows, save_rows
 
 ARRAYS = (
-    "pool_loss",
+    "pool_risk",
     "correct_calibration",
     "correct_labels",
     "correct_truth",
     "train_ids",
     "holdout_ids",
     "audit_ids",
+    "probe_ids",
     "test_predicted_loss",
     "test_true_loss",
 )
@@ -25,14 +26,14 @@ def _trace(strategy: str = "loss", seed: int = 1, pool: int = 12) -> RunTrace:
     return RunTrace(
         strategy=strategy,
         seed=seed,
-        pool_loss=loss,
+        pool_risk=loss,
         correct_calibration=rng.random(pool) > 0.3,
         correct_labels=rng.random(pool) > 0.3,
         correct_truth=rng.random(pool) > 0.2,
         train_ids=np.array([0, 1, 2], dtype=np.int64),
         holdout_ids=np.array([4, 5], dtype=np.int64),
         audit_ids=np.array([6, 7, 8], dtype=np.int64),
-        audit_draws=[(np.array([6, 7, 9], dtype=np.int64), 2), (np.array([8, 10], dtype=np.int64), 1)],
+        probe_ids=np.array([9, 10], dtype=np.int64),
         test_predicted_loss=rng.random(5).astype(np.float32),
         test_true_loss=rng.random(5).astype(np.float32),
     )
@@ -47,10 +48,6 @@ def _assert_same(a: RunTrace, b: RunTrace) -> None:
     for name in ARRAYS:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         assert getattr(a, name).dtype == getattr(b, name).dtype, name
-    assert len(a.audit_draws) == len(b.audit_draws)
-    for (ca, na), (cb, nb) in zip(a.audit_draws, b.audit_draws):
-        np.testing.assert_array_equal(ca, cb)
-        assert na == nb
 
 
 def test_run_trace_round_trip(tmp_path):
@@ -60,11 +57,12 @@ def test_run_trace_round_trip(tmp_path):
     _assert_same(RunTrace.load(tmp_path / "trace.npz"), trace)
 
 
-def test_run_trace_without_audits_round_trips(tmp_path):
+def test_run_trace_without_audits_or_probes_round_trips(tmp_path):
     trace = _trace()
-    trace.audit_draws = []
+    trace.audit_ids = trace.probe_ids = np.zeros(0, dtype=np.int64)
     trace.save(tmp_path / "t.npz")
-    assert RunTrace.load(tmp_path / "t.npz").audit_draws == []
+    loaded = RunTrace.load(tmp_path / "t.npz")
+    assert loaded.audit_ids.size == 0 and loaded.probe_ids.size == 0
 
 
 def test_rows_keep_their_types(tmp_path):

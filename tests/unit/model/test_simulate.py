@@ -12,7 +12,7 @@ from model.sim.scenes import generate
 from model.sim.simulate import SimulationData, result_columns, simulate
 from model.training.trainer import TrainConfig
 
-POOL, TEST, SEED_SIZE, K, AUDIT, CYCLES = 40, 12, 20, 6, 4, 2
+POOL, TEST, SEED_SIZE, K, AUDIT, PROBES, CYCLES = 40, 12, 20, 6, 4, 3, 2
 # a few optimizer steps: the test checks the loop, not what the model learns
 TINY_TRAINING = dict(image_size=48, epochs=1, min_steps=2, workers=0, device="cpu")
 
@@ -42,6 +42,8 @@ def test_simulate_command_writes_results_and_report(scenes, tmp_path):
         str(K),
         "--audit",
         str(AUDIT),
+        "--probes",
+        str(PROBES),
         "--cycles",
         str(CYCLES),
         "--seeds",
@@ -60,13 +62,46 @@ def test_simulate_command_writes_results_and_report(scenes, tmp_path):
         (s, c) for s in ("loss", "random") for c in range(CYCLES + 1)
     ]
     for r in rows:
-        assert int(r["labels"]) == SEED_SIZE + K * int(r["cycle"])
-        assert int(r["train_labels"]) + int(r["calibration_labels"]) == int(r["labels_by_people"])
+        cycle = int(r["cycle"])
+        assert int(r["probe_labels"]) <= PROBES * cycle and int(r["audit_labels"]) <= AUDIT * cycle
+        if cycle == 1:  # the tiny pool runs out after that
+            assert int(r["probe_labels"]) == PROBES and int(r["audit_labels"]) == AUDIT
+        # every label a person gave has one role: training, fit (holdout, audits) or probe
+        assert int(r["train_labels"]) + int(r["calibration_labels"]) + int(r["probes"]) == int(r["labels_by_people"])
+        assert int(r["labels_by_people"]) == int(r["labels"]) + int(r["audit_labels"]) + int(r["probe_labels"])
         assert 0.0 <= float(r["macro_f1"]) <= 1.0 and float(r["time_train"]) > 0
-        assert r["threshold"] == "" and float(r["auto_share"] or 0) == 0  # 20-odd calibration labels certify nothing
-        assert int(r["more_labels_needed"]) > 0
+        assert r["threshold"] == "" and float(r["auto_share"] or 0) == 0  # a handful of probes certify nothing
+        assert int(r["more_labels_needed"]) > 0 and r["score"] in ("confidence", "joint max-softmax")
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+
+
+def test_probes_never_train_or_fit_until_the_strategy_picks_them(scenes, tmp_path):
+    """Issue 14: the probes certify and nothing else; a probe the strategy picks trains from then on."""
+    sim = SimulationData.from_manifest(scenes.manifest_path, pool_size=POOL, test_size=TEST)
+    result = simulate(
+        sim,
+        ["random"],
+        [0],
+        tmp_path,
+        seed_size=SEED_SIZE,
+        k=K,
+        cycles=CYCLES,
+        audit_size=AUDIT,
+        probe_size=PROBES,
+        train_config=TrainConfig(**TINY_TRAINING),
+        calibration_labels="truth",
+        progress=False,
+        report=False,
+    )
+    trace = result.traces[0]
+    probes = set(trace.probe_ids.tolist())
+    fit = set(trace.holdout_ids.tolist()) | set(trace.audit_ids.tolist())
+    assert probes and not probes & set(trace.train_ids.tolist()) and not probes & fit
+    moved = sum(r["probes_to_train"] for r in result.rows[:-1])  # the last plan's picks are not revealed
+    last = result.rows[-1]
+    assert 0 < last["probe_labels"] <= PROBES * CYCLES and len(probes) == last["probe_labels"] - moved
+    assert last["train_labels"] == len(trace.train_ids) and last["probes"] == len(probes)
 
 
 def test_calibration_labels_never_train_and_manual_picks_never_calibrate(scenes, tmp_path):
@@ -90,11 +125,9 @@ def test_calibration_labels_never_train_and_manual_picks_never_calibrate(scenes,
     trace = result.traces[0]
     calibration = set(trace.holdout_ids.tolist()) | set(trace.audit_ids.tolist())
     assert not calibration & set(trace.train_ids.tolist())
-    assert len(trace.audit_ids) == AUDIT and len(trace.train_ids) + len(trace.holdout_ids) == SEED_SIZE + K
-    # the audit came from the recorded candidates, which exclude everything labeled before
-    candidates, size = trace.audit_draws[0]
-    assert size == AUDIT and set(trace.audit_ids.tolist()) <= set(candidates.tolist())
-    assert np.isfinite(trace.pool_loss).all() and len(trace.test_true_loss) == TEST
+    assert len(trace.audit_ids) == AUDIT
+    assert len(trace.train_ids) + len(trace.holdout_ids) == SEED_SIZE + K  # simulate's default probes: none picked yet
+    assert np.isfinite(trace.pool_risk).all() and len(trace.test_true_loss) == TEST
     with pytest.raises(ValueError, match="unknown or no strategies"):
         simulate(sim, ["best"], [0], tmp_path)
 
