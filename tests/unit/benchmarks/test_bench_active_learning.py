@@ -59,6 +59,7 @@ class FakeSimulate:
                         raise KeyboardInterrupt  # the benchmark is killed in this run's second cycle
                     row = {c: 0.5 for c in columns}
                     row.update(strategy=strategy, seed=seed, cycle=cycle, labels=100 + 50 * cycle, time_train=10.0)
+                    row.update(labels_by_people=120 + 70 * cycle)
                     on_row(row)
                 traces.append(_trace(strategy, seed))
                 on_run(traces[-1], settings)
@@ -70,14 +71,14 @@ def _trace(strategy: str, seed: int, pool: int = 40) -> RunTrace:
     return RunTrace(
         strategy=strategy,
         seed=seed,
-        pool_loss=rng.random(pool),
+        pool_risk=rng.random(pool),
         correct_calibration=rng.random(pool) > 0.1,
         correct_labels=rng.random(pool) > 0.1,
         correct_truth=rng.random(pool) > 0.1,
         train_ids=np.arange(0, 10),
         holdout_ids=np.arange(10, 20),
         audit_ids=np.arange(20, 23),
-        audit_draws=[(np.arange(20, 30), 3)],
+        probe_ids=np.arange(23, 30),
         test_predicted_loss=rng.random(10),
         test_true_loss=rng.random(10),
     )
@@ -89,7 +90,7 @@ def _main(bench, monkeypatch, tmp_path, fake: FakeSimulate, *extra: str) -> int:
     monkeypatch.setattr(bench.SimulationData, "from_manifest", lambda *a, **kw: None)
     argv = ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--data", str(tmp_path)]
     argv += ["--cycles", str(CYCLES), "--seeds", "0,1", "--strategies", "random,margin"]
-    argv += ["--draws", "2", "--rate-draws", "0", "--feature-cache", str(tmp_path / "features"), *extra]
+    argv += ["--draws", "2", "--feature-cache", str(tmp_path / "features"), *extra]
     return bench.main(argv)
 
 
@@ -147,3 +148,23 @@ def test_time_left_from_mean_times_per_cycle(bench):
     assert line.startswith("loss seed 0: cycle 0/2 in 30 s; 5 cycle(s) to go")
     assert progress.seconds_left() == pytest.approx(20 + 20 + 20 + 20 + 20)
     assert bench.Progress([], [("loss", 0)], cycles=2, jobs=1).seconds_left() is None
+
+
+def test_probe_redraws_measure_what_the_bound_promises(bench):
+    """The miss-rate check draws probes uniformly from what the run left unlabeled: a band that is truly
+    precise certifies and never misses; on a pool under the target, the bound keeps misses to about delta."""
+    n = 4000
+    risk = np.linspace(0.0, 1.0, n)
+    rng = np.random.default_rng(0)
+    precise = _trace("confidence", 0, pool=n)
+    precise.pool_risk, precise.probe_ids = risk, np.arange(100, 400)
+    precise.correct_calibration = precise.correct_truth = risk < 0.5  # right exactly in the low-risk half
+    check = bench.probe_redraw_check(precise, draws=50, target=0.95, delta=0.05)
+    assert check["probes"] == 300 and check["nothing_certified"] < 5
+    assert check["miss_rate"] == 0 and check["min_precision"] >= 0.95 and 0.3 < check["mean_share"] < 0.55
+
+    noisy = _trace("random", 0, pool=n)
+    noisy.pool_risk, noisy.probe_ids = rng.permutation(risk), np.arange(100, 400)
+    noisy.correct_calibration = noisy.correct_truth = rng.random(n) < 0.93  # under the target everywhere
+    check = bench.probe_redraw_check(noisy, draws=200, target=0.95, delta=0.05)
+    assert check["miss_rate"] <= 0.1 and check["nothing_certified"] > 150

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.al.confidence import confidence_features, error_auroc, fit_confidence
+from model.al.confidence import (
+    JOINT_MAX_SOFTMAX,
+    RiskScore,
+    confidence_features,
+    error_auroc,
+    fit_confidence,
+    fit_risk_score,
+)
 
 
 def synthetic_outputs(n: int, rng: np.random.Generator, informative: str) -> tuple[np.ndarray, dict, np.ndarray]:
@@ -70,3 +77,20 @@ def test_nothing_is_fitted_without_enough_right_and_wrong_examples() -> None:
     probs = {"a": np.full((5, 2), 0.5)}
     assert fit_confidence(np.zeros(5), probs, np.array([True, True, True, True, False])) is None
     assert np.isnan(error_auroc(np.ones(3), np.array([True, True, True])))
+
+
+def test_the_risk_score_is_the_learned_confidence_only_where_it_beats_the_joint_max_softmax() -> None:
+    rng = np.random.default_rng(2)
+    loss, probs, correct = synthetic_outputs(1500, rng, "loss")  # the signal is in the loss module
+    learned = fit_risk_score("confidence", loss, probs, correct)
+    assert learned.source == "confidence" and learned.confidence is not None
+    assert np.allclose(learned(loss, probs), -learned.confidence.logit(loss, probs))
+    # a few dozen labels where the max-softmax carries the signal: a regression on 7 features cannot show that
+    # it does better out of fold, so the joint max-softmax ranks
+    loss, probs, correct = synthetic_outputs(40, np.random.default_rng(3), "softmax")
+    few = fit_risk_score("confidence", loss, probs, correct)
+    assert few.source == JOINT_MAX_SOFTMAX and few.confidence is None
+    assert np.allclose(few(loss, probs), -sum(np.log(p.max(axis=1)) for p in probs.values()))
+    assert fit_risk_score("loss", loss, probs, correct)(loss, probs).tolist() == loss.tolist()
+    again = RiskScore.from_dict(learned.to_dict())
+    assert again.source == "confidence" and np.allclose(again(loss, probs), learned(loss, probs))
