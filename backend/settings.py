@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from model.al.confidence import RISK_SCORES
 from model.al.strategies import STRATEGY_NAMES
 from model.settings import CacheSettings, ImageLimits
 
@@ -37,6 +38,16 @@ def _known_strategy(name: str) -> str:
 
 #: A selection strategy's name (model.al.strategies), checked wherever the setting is read
 StrategyName = Annotated[str, AfterValidator(_known_strategy)]
+
+
+def _known_risk_score(name: str) -> str:
+    if name not in RISK_SCORES:
+        raise ValueError(f"unknown risk score {name!r}; choose one of {', '.join(RISK_SCORES)}")
+    return name
+
+
+#: What scores, ranks and bands a cycle's tasks (model.al.confidence.RISK_SCORES), checked wherever it is read
+RiskScoreName = Annotated[str, AfterValidator(_known_risk_score)]
 
 
 class Settings(ImageLimits, CacheSettings):
@@ -93,10 +104,21 @@ class Settings(ImageLimits, CacheSettings):
     manual_batch: int = Field(default=100, ge=1, description="K: tasks in the manual band per cycle")
     strategy: StrategyName = Field(
         default="loss",
-        description="how the manual band is chosen: loss (the paper's predicted loss), loss+diversity, entropy, "
-        "margin or random",
+        description="how the manual band is chosen: loss (the paper's predicted loss), loss+diversity, confidence "
+        "(the risk score), entropy, margin or random",
+    )
+    risk_score: RiskScoreName = Field(
+        default="confidence",
+        description="what scores, ranks and bands the tasks: confidence (learned from the loss module and the heads' "
+        "outputs, fitted on the seed holdout and audits) or loss (the loss module's predicted loss alone)",
     )
     audit_size: int = Field(default=30, ge=0, description="random candidates set aside for people to verify per cycle")
+    probe_size: int = Field(
+        default=30,
+        ge=0,
+        description="tasks drawn uniformly at random from the unlabeled pool per cycle for people to label: the "
+        "certificate is computed on them alone",
+    )
     promote_tolerance: float = Field(
         default=0.01,
         ge=0,
@@ -183,7 +205,9 @@ PROJECT_SETTINGS = (
     "min_labels",
     "manual_batch",
     "strategy",
+    "risk_score",
     "audit_size",
+    "probe_size",
     "target_precision",
     "delta",
     "auto_accept",
