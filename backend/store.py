@@ -59,6 +59,7 @@ _STATE_TYPES: dict[str, type] = {
     "machine_task_ids": list,
     "random_task_ids": list,
     "audit_task_ids": list,
+    "probe_task_ids": list,
     "human_labeled": int,
     "runs": dict,
     "last_cycle": dict,
@@ -155,7 +156,7 @@ class ModelStore:
     def save_version(self, project: str, model: TrainedModel, trained_on: dict[str, list[int]]) -> Path:
         """Write a complete version folder atomically (temporary folder, then rename).
 
-        ``trained_on`` names the task ids the run used, by role (train, validation, calibration, all).
+        ``trained_on`` names the task ids the run used, by role (train, validation, calibration, probes, all).
         """
         final = self.version_dir(project, model.version)
         tmp = self.project_dir(project) / f".tmp-{model.version}-{os.getpid()}"
@@ -261,10 +262,10 @@ class ModelStore:
         _move_aside(
             path,
             problem,
-            "rebuilt the machine-labeled tasks from the bulk-accept records and the seed and "
-            "labeled audit tasks from the versions' trained_on.json; run counters restart at "
-            "zero, audit tasks still unlabeled are forgotten (the 'Audit sample' view in Label "
-            "Studio lists them)",
+            "rebuilt the machine-labeled tasks from the bulk-accept records and the seed, "
+            "labeled audit and labeled probe tasks from the versions' trained_on.json; run counters "
+            "restart at zero, audit and probe tasks still unlabeled are forgotten (the 'Audit sample' "
+            "and 'Random probes' views in Label Studio list them)",
         )
         state = self._rebuild_state(project)
         still_held()
@@ -276,17 +277,20 @@ class ModelStore:
 
         Machine-labeled tasks: those of bulk-accept records not undone. Seed tasks (``random_task_ids``):
         all those the first promoted version used, as only seed tasks existed before a model did. Labeled
-        audit tasks: the current version's calibration tasks that are not seed tasks.
+        audit tasks: the current version's calibration tasks that are not seed tasks. Labeled probes: the
+        current version's probes (those its cycle then moved to training stay probes until the strategy
+        picks them again; with a strategy that picks likely-wrong tasks that errs on the safe side).
         """
         machine = {t for r in self.accept_records(project) if not r.get("undone") for t in r["task_ids"]}
         promoted = [name for name, meta in self._complete_versions(project) if meta.get("promoted")]
         seed = set(self._trained_on_or_empty(project, promoted[0]).get("all", [])) if promoted else set()
         current = self.current_version(project)
-        calibration = set(self._trained_on_or_empty(project, current).get("calibration", [])) if current else set()
+        roles = self._trained_on_or_empty(project, current) if current else {}
         return {
             "machine_task_ids": sorted(machine),
             "random_task_ids": sorted(seed),
-            "audit_task_ids": sorted(calibration - seed),
+            "audit_task_ids": sorted(set(roles.get("calibration", [])) - seed),
+            "probe_task_ids": sorted(roles.get("probes", [])),
         }
 
     def _trained_on_or_empty(self, project: str, version: str) -> dict[str, list[int]]:

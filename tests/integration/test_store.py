@@ -51,6 +51,7 @@ GARBAGE = {
     "truncated": b'{"machine_task_ids": [1, 2',
     "a list": b"[]",
     "wrong type": b'{"runs": "many"}',
+    "probes not task ids": b'{"probe_task_ids": ["22"]}',
     "not UTF-8": b"\xff\xfe\x00garbage",
 }
 
@@ -78,7 +79,7 @@ def _aside(path: Path) -> list[Path]:
 def test_corrupt_state_is_moved_aside_and_rebuilt_from_records_and_versions(tmp_path, caplog, garbage):
     store = ModelStore(tmp_path)
     _version(tmp_path, "3", "v1-a", True, {"all": [1, 2, 3, 4], "calibration": [2, 4]})
-    _version(tmp_path, "3", "v2-b", True, {"all": [1, 2, 3, 4, 20, 21], "calibration": [2, 4, 20]})
+    _version(tmp_path, "3", "v2-b", True, {"all": [1, 2, 3, 4, 20, 21, 22], "calibration": [2, 4, 20], "probes": [22]})
     (tmp_path / "3" / "CURRENT").write_text("v2-b")
     _accept(tmp_path, "3", "r1", [30, 31], undone=False)
     _accept(tmp_path, "3", "r2", [40], undone=True)
@@ -86,7 +87,12 @@ def test_corrupt_state_is_moved_aside_and_rebuilt_from_records_and_versions(tmp_
     (tmp_path / "3" / "state.json").write_bytes(garbage)
 
     state = store.state("3")
-    assert state == {"machine_task_ids": [30, 31], "random_task_ids": [1, 2, 3, 4], "audit_task_ids": [20]}
+    assert state == {
+        "machine_task_ids": [30, 31],
+        "random_task_ids": [1, 2, 3, 4],
+        "audit_task_ids": [20],
+        "probe_task_ids": [22],
+    }
     assert json.loads((tmp_path / "3" / "state.json").read_text()) == state  # rebuilt once, not on every read
     (aside,) = _aside(tmp_path / "3" / "state.json")
     assert aside.read_bytes() == garbage
@@ -109,6 +115,7 @@ def test_an_update_replaces_a_corrupt_state_instead_of_failing(tmp_path):
         "machine_task_ids": [],
         "random_task_ids": [],
         "audit_task_ids": [],
+        "probe_task_ids": [],
         "runs": {"failed": 1},
     }
     assert len(_aside(tmp_path / "3" / "state.json")) == 1
