@@ -26,6 +26,7 @@ X = TypeVar("X")
 QUEUE_VIEW = "Active learning queue"
 CANDIDATES_VIEW = "Auto-annotation candidates"
 AUDIT_VIEW = "Audit sample"
+PROBES_VIEW = "Random probes"
 UNCERTAINTY = "Uncertainty sampling"
 UNIFORM = "Uniform sampling"
 
@@ -319,13 +320,9 @@ class LabelStudioProject:
                 raise
 
 
-def score_range_filter(low: float, high: float = 1.0) -> dict[str, Any]:
-    return {
-        "filter": "filter:tasks:predictions_score",
-        "operator": "in",
-        "type": "Number",
-        "value": {"min": low, "max": high},
-    }
+def range_filter(column: str, low: float, high: float) -> dict[str, Any]:
+    """Tasks whose Number ``column`` (e.g. ``predictions_score``, ``id``) lies in [low, high]."""
+    return {"filter": f"filter:tasks:{column}", "operator": "in", "type": "Number", "value": {"min": low, "max": high}}
 
 
 def unlabeled_filter() -> dict[str, Any]:

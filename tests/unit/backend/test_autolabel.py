@@ -1,4 +1,5 @@
-"""Issue 11 items 4 and 6: a bulk accept and its undo agree with what Label Studio actually holds.
+"""Issue 11 items 4 and 6: a bulk accept and its undo agree with what Label Studio actually holds; issue 14: a
+bulk accept converts only tasks of the pool its certificate speaks for, never an audit or probe task.
 
 Item 4: a conversion that fails after Label Studio committed some or all of it leaves those tasks
 machine-labeled and recorded (so they never train as people's labels, and undo finds them); only the
@@ -11,7 +12,9 @@ Against a fake Label Studio over HTTP (tests/fake_label_studio.py) and the real 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,13 +22,21 @@ import pytest
 from fake_label_studio import FakeLabelStudio, serve
 
 import backend.labelstudio.client as labelstudio
-from backend.labelstudio.client import ATTEMPTS, LabelStudioError, LabelStudioProject
+from backend.labelstudio.client import (
+    ATTEMPTS,
+    AUDIT_VIEW,
+    CANDIDATES_VIEW,
+    PROBES_VIEW,
+    LabelStudioError,
+    LabelStudioProject,
+)
 from backend.store import ModelStore
 from backend.worker.accepts import list_accepts, record_label_studio_accept, write_accept_record
-from backend.worker.autolabel import accept_band, undo_accept
-from model.al.certify import Certificate
+from backend.worker.autolabel import accept_band, record_pool, undo_accept, update_views
+from model.al.certify import Certificate, pool_digest
 
 PID = "1"
+POOL = list(range(1, 7))  # the pool v1's cycle scored and certified: the fake's six open tasks
 CERTIFICATE = Certificate(
     threshold=0.3,
     lower_bound=0.96,
@@ -36,6 +47,7 @@ CERTIFICATE = Certificate(
     delta=0.05,
     more_labels_needed=None,
     message="test",
+    pool=pool_digest(str(t) for t in POOL),
 )
 
 
@@ -61,7 +73,11 @@ def ls(fake: FakeLabelStudio) -> LabelStudioProject:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "models")
+    """A store where version v1 recorded its pool, as the worker does before it certifies."""
+    models = ModelStore(tmp_path / "models")
+    models.version_dir(PID, "v1").mkdir()
+    assert record_pool(models, PID, "v1", POOL) == CERTIFICATE.pool
+    return models
 
 
 def machine(store: ModelStore) -> list[int]:
@@ -158,3 +174,81 @@ def test_a_bulk_accept_made_in_label_studio_is_undone_by_its_annotation_ids(
     assert record is not None and record["annotation_ids"] == [a["id"] for a in made]
     assert undo_accept(ls, store, PID, record["id"]) == {"deleted": 2, "kept": []}
     assert fake.annotation_ids(1) == fake.annotation_ids(2) == [] and machine(store) == []
+
+
+def test_a_band_certified_on_probes_from_one_pool_is_not_reused_for_another(
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate names the pool its probes were drawn from; v1 scored another (task 7 was imported since): its
+    certificate accepts nothing there, not even the tasks the two pools share."""
+    fake.add_task(7)
+    fake.add_prediction(7, "v1")
+    record_pool(store, PID, "v1", [*POOL, 7])
+    with caplog.at_level(logging.ERROR):
+        outcome = accept_band(ls, store, PID, "v1", [1, 2, 7], CERTIFICATE)
+    assert outcome["accepted"] == 0 and outcome["record"] is None
+    assert not any(t["annotations"] for t in fake.tasks.values()) and machine(store) == []
+    assert list_accepts(store, PID) == [] and "holds only for the pool its probes were drawn from" in caplog.text
+    uncertified = replace(CERTIFICATE, threshold=None)  # right pool, but it certified nothing
+    assert accept_band(ls, store, PID, "v1", [1, 2], uncertified)["accepted"] == 0
+
+
+def test_a_task_imported_after_the_certification_is_not_accepted(
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.add_task(7)
+    fake.add_prediction(7, "v1")  # e.g. from /predict: same version, but not in the pool v1 certified
+    with caplog.at_level(logging.WARNING):
+        outcome = accept_band(ls, store, PID, "v1", [1, 2, 7], CERTIFICATE)
+    assert outcome["accepted"] == 2 and outcome["outside_pool"] == 1
+    assert fake.annotation_ids(7) == [] and machine(store) == [1, 2]
+    assert "not in the pool version v1 certified" in caplog.text and "[7]" in caplog.text
+
+
+def test_a_version_without_a_recorded_pool_accepts_nothing(
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
+    """A version certified before certificates named their pool has no pool.json: nothing of it is accepted."""
+    (store.version_dir(PID, "v1") / "pool.json").unlink()
+    assert accept_band(ls, store, PID, "v1", [1, 2], CERTIFICATE)["accepted"] == 0
+    assert machine(store) == []
+
+
+def test_audit_and_probe_tasks_are_not_accepted(
+    fake: FakeLabelStudio, ls: LabelStudioProject, store: ModelStore
+) -> None:
+    store.update_state(PID, audit_task_ids=[2], probe_task_ids=[3])
+    assert accept_band(ls, store, PID, "v1", [1, 2, 3, 4], CERTIFICATE)["accepted"] == 2
+    assert machine(store) == [1, 4] and fake.annotation_ids(2) == fake.annotation_ids(3) == []
+
+
+def test_the_views_list_the_waiting_probes_and_keep_them_and_later_tasks_out_of_the_candidates(
+    fake: FakeLabelStudio, ls: LabelStudioProject
+) -> None:
+    update_views(ls, certified={4: 0.97, 6: 0.99}, audit_ids=[2], probe_ids=[3, 5])
+    views = {v["data"]["title"]: v["data"] for v in fake.views.values()}
+    candidates = views[CANDIDATES_VIEW]["filters"]["items"]
+    assert {
+        "filter": "filter:tasks:id",
+        "operator": "in",
+        "type": "Number",
+        "value": {"min": 4, "max": 6},
+    } in candidates
+    assert {
+        "filter": "filter:tasks:predictions_score",
+        "operator": "in",
+        "type": "Number",
+        "value": {"min": 0.97, "max": 1.0},
+    } in candidates
+    excluded = [f["value"] for f in candidates if f["filter"] == "filter:tasks:id" and f["operator"] == "not_equal"]
+    assert excluded == [2, 3, 5]
+
+    def listed(title: str) -> list[int]:
+        assert views[title]["filters"]["conjunction"] == "or"
+        return [f["value"] for f in views[title]["filters"]["items"] if f["operator"] == "equal"]
+
+    assert listed(AUDIT_VIEW) == [2] and listed(PROBES_VIEW) == [3, 5]
+    update_views(ls, certified={}, audit_ids=[], probe_ids=[])  # nothing certified, nothing waiting: empty tabs
+    views = {v["data"]["title"]: v["data"] for v in fake.views.values()}
+    assert len(views) == 4 and listed(PROBES_VIEW) == [0]
+    assert views[CANDIDATES_VIEW]["filters"]["items"][0]["value"] == {"min": 2.0, "max": 1.0}
