@@ -3,11 +3,14 @@
 Used by ``/predict`` (Label Studio asks) and by the training job (bulk import), so both give the same
 item for the same task and version.
 
-The score is the calibrated probability that every head is right, P(correct | predicted loss), fitted
-by isotonic regression on labels chosen independently of the model; before a calibration exists it is
+The score is the calibrated probability that every head is right, P(every head right | risk), of the
+version's risk score (model.al.confidence.RiskScore: by default the learned confidence over the loss
+module's predicted loss and the heads' outputs; the predicted loss alone with ``RISK_SCORE=loss``). The
+risk score and its isotonic calibration were fitted on labels the classifier did not train on and that
+no certificate is computed on; before a calibration exists the score is
 ``model.al.calibration.score_from_loss``'s documented monotone map. Either way it decreases with the
-predicted loss, so "lowest score first" (Label Studio's uncertainty sampling) means "highest predicted
-loss first".
+risk, so "lowest score first" (Label Studio's uncertainty sampling) means "most likely wrong first", the
+order the queue and the bands use.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from model.al.calibration import CorrectnessCalibrator, score_from_loss
+from model.al.confidence import RiskScore
 from model.schema import LabelSchema
 from model.training.scoring import ScoreResult
 
@@ -26,7 +30,8 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def read_calibration(version_dir: Path) -> dict[str, Any]:
-    """What the worker wrote after certifying a version: calibrator, certificate, band summary ({} if none)."""
+    """What the worker wrote after certifying a version: risk score, calibrator, certificate, band summary
+    ({} if none)."""
     p = version_dir / CALIBRATION_FILE
     return json.loads(p.read_text()) if p.is_file() else {}
 
@@ -36,6 +41,13 @@ def load_calibrator(version_dir: Path) -> CorrectnessCalibrator | None:
     return CorrectnessCalibrator.from_dict(data) if data else None
 
 
+def load_risk_score(version_dir: Path) -> RiskScore:
+    """The risk score a version's cycle fitted; the predicted loss for a version certified before the risk
+    score existed (its calibration.json has none), which is what scored it then."""
+    data = read_calibration(version_dir).get("risk_score")
+    return RiskScore.from_dict(data) if data else RiskScore("loss")
+
+
 def choices_result(schema: LabelSchema, labels: dict[str, str]) -> list[dict[str, Any]]:
     return [
         {"from_name": h.name, "to_name": schema.image_name, "type": "choices", "value": {"choices": [labels[h.name]]}}
@@ -43,11 +55,18 @@ def choices_result(schema: LabelSchema, labels: dict[str, str]) -> list[dict[str
     ]
 
 
+def task_scores(result: ScoreResult, risk_score: RiskScore, calibrator: CorrectnessCalibrator | None) -> np.ndarray:
+    """The Label Studio score of each scored image, in ``result`` order: P(every head right) of its risk."""
+    if not len(result):
+        return np.zeros(0)
+    return score_from_loss(risk_score(result.predicted_loss, result.probs), calibrator)
+
+
 def prediction_items(
-    result: ScoreResult, version: str, calibrator: CorrectnessCalibrator | None
+    result: ScoreResult, version: str, calibrator: CorrectnessCalibrator | None, risk_score: RiskScore
 ) -> list[dict[str, Any]]:
     """One Label Studio prediction per scored image, in ``result`` order."""
-    scores = score_from_loss(result.predicted_loss, calibrator) if len(result) else np.zeros(0)
+    scores = task_scores(result, risk_score, calibrator)
     return [
         {
             "result": choices_result(result.schema, result.labels_of(i)),

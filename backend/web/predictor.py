@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.labelstudio.fetch import FetchError, ImageFetcher
-from backend.labelstudio.predictions import load_calibrator, prediction_items
+from backend.labelstudio.predictions import load_calibrator, load_risk_score, prediction_items
 from backend.settings import Settings, feature_cache
 from backend.store import ModelStore
 from model.data.examples import Example
@@ -95,8 +95,10 @@ class Predictor:
         result = model.score(examples, batch_size=self.settings.predict_batch, workers=0, cache=self.features)
         for row_key, reason in result.failures:  # the keys are positions in the request; name the task
             logger.warning("task %s: no prediction: %s", tasks[int(row_key)].get("id"), reason)
-        calibrator = load_calibrator(self.store.version_dir(project, model.version))
-        for row_key, item in zip(result.keys, prediction_items(result, model.version, calibrator)):
+        # the version's own risk score and calibration, as the worker's bulk import used: the same score either way
+        version_dir = self.store.version_dir(project, model.version)
+        predicted = prediction_items(result, model.version, load_calibrator(version_dir), load_risk_score(version_dir))
+        for row_key, item in zip(result.keys, predicted):
             i = int(row_key)
             items[i] = item
             self._put((project, model.version, int(tasks[i].get("id", -1))), item)

@@ -1,10 +1,17 @@
 """The training run, an RQ job: one active-learning cycle of a project, from its annotations to its queue.
 
 A training run: read the annotations through the SDK, train, compare with the current model, score
-every unlabeled task (in chunks that any number of workers share), plan the cycle (manual, automatic
-and deferred bands, certified threshold, audit sample), import the predictions under the new version,
-record the audit sample and state, make the version current in the store and then in Label Studio,
-keep the Data Manager views up to date, and, with ``AUTO_ACCEPT``, accept the certified band in bulk.
+every unlabeled task (in chunks that any number of workers share), plan the cycle (model.al.cycle: risk
+score, manual, automatic and deferred bands, certified threshold, audit sample, new random probes),
+import the predictions under the new version, record the audit sample, the probes and state, make the
+version current in the store and then in Label Studio, keep the Data Manager views up to date, and, with
+``AUTO_ACCEPT``, accept the certified band in bulk.
+
+People's labels have one role each (model/al/cycle.py says why): fit (the seed set's holdout half and the
+audits: they fit the risk score and its calibration, and judge promotion), probes (the tasks of
+``probe_task_ids``, drawn uniformly from the pool: they certify and nothing else, not even promotion) and
+train (everything else, including the probes the strategy picked). A probe is never in the fit set: a
+label that fitted the risk score must not certify it.
 A crash before promotion leaves the current model serving and no half-done version current; one
 between the store and Label Studio is put right by the next run (``recover``). A run writes only while
 it holds its project's lock (``RunLease``).
@@ -28,19 +35,20 @@ from backend.labelstudio.predictions import CALIBRATION_FILE, prediction_items, 
 from backend.queue import Broker
 from backend.settings import Settings, feature_cache, get_settings
 from backend.store import ModelStore
-from backend.worker.autolabel import accept_band, update_views
+from backend.worker.autolabel import accept_band, record_pool, update_views
 from backend.worker.chunks import score_pool
 from backend.worker.images import fetch_all
 from backend.worker.lease import RunLease, _no_check
 from backend.worker.progress import CycleProgress
 from backend.worker.project_data import read_project
 from backend.worker.promotion import should_promote
-from model.al.cycle import is_calibration_holdout, plan_cycle
+from model.al.cycle import Labeled, is_calibration_holdout, plan_cycle
 from model.al.strategies import PoolView
 from model.atomic import write_json_atomic
 from model.data.examples import Example, ExampleSet
 from model.progress import Report, silent
 from model.schema import LabelSchema
+from model.training.scoring import ScoreResult
 from model.training.trainer import TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -101,9 +109,9 @@ def run_cycle(
     status and the demo's bars.
 
     The writes land in an order that a crash anywhere leaves consistent: a new version is saved aside, its
-    calibration, audit sample and state are recorded, its predictions imported, and only then is it made
-    current in the store and, last, in Label Studio; ``recover`` at the start of the next run puts Label
-    Studio back on the store's current version if a crash fell between those two.
+    pool, risk score, calibration, audit sample, probes and state are recorded, its predictions imported,
+    and only then is it made current in the store and, last, in Label Studio; ``recover`` at the start of
+    the next run puts Label Studio back on the store's current version if a crash fell between those two.
     """
     settings = settings.for_project(store.state(pid).get("extra_params"))
     still_held()
@@ -128,17 +136,13 @@ def run_cycle(
         return {"result": "waiting_for_labels", "message": msg}
 
     # Labels whose choice did not depend on the model: the seed set (labeled while no model existed,
-    # under uniform sampling) and the audit samples. Half of the seed set and every audit label are
-    # held out of training so that certification is not judged on images the model has seen.
+    # under uniform sampling), the audit samples and the probes. See the module docstring for their roles.
     random_ids = set(state.get("random_task_ids", []))
     if current is None:
         random_ids |= {tid for tid, _, _ in data.labeled}
     audit_ids = set(state.get("audit_task_ids", []))
-    calib_ids = {
-        tid
-        for tid, _, _ in data.labeled
-        if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))
-    }
+    probe_ids = set(state.get("probe_task_ids", []))
+    fit_ids, labeled_probe_ids = label_roles({tid for tid, _, _ in data.labeled}, random_ids, audit_ids, probe_ids)
     still_held()
     store.update_state(pid, random_task_ids=sorted(random_ids))
 
@@ -149,8 +153,9 @@ def run_cycle(
         for tid, _, labels in data.labeled
         if tid in labeled_paths
     ]
-    train_set = ExampleSet(schema, [e for e in examples if int(e.key) not in calib_ids])
-    calib_set = [e for e in examples if int(e.key) in calib_ids]
+    train_set = ExampleSet(schema, [e for e in examples if int(e.key) not in fit_ids | labeled_probe_ids])
+    fit_set = [e for e in examples if int(e.key) in fit_ids]
+    probe_set = [e for e in examples if int(e.key) in labeled_probe_ids]
 
     version = store.new_version_name(pid)
     report: Report = silent
@@ -169,18 +174,19 @@ def run_cycle(
         trained_on={
             "train": sorted(int(k) for k in result.train_keys),
             "validation": sorted(int(k) for k in result.val_keys),
-            "calibration": sorted(int(e.key) for e in calib_set),
+            "calibration": sorted(int(e.key) for e in fit_set),
+            "probes": sorted(int(e.key) for e in probe_set),
             "all": sorted(int(e.key) for e in examples),
         },
     )
 
     val_keys = set(result.val_keys)
-    promoted, comparison = should_promote(
+    promoted, comparison = should_promote(  # never on probes: they certify, and nothing else
         store,
         pid,
         current,
         model,
-        [e for e in train_set.examples if e.key in val_keys] + calib_set,
+        [e for e in train_set.examples if e.key in val_keys] + fit_set,
         settings.promote_tolerance,
     )
     if not promoted:
@@ -193,26 +199,34 @@ def run_cycle(
         Example(key=str(tid), source=str(pool_paths[tid])) for tid, _ in data.unlabeled if tid in pool_paths
     ]
     pool = score_pool(pid, version, pool_examples, settings, store, broker, report)
-    calib = model.score(calib_set, workers=0, cache=cache) if calib_set else None
+    pool_view = PoolView(pool.predicted_loss, pool.probs, pool.embeddings)
+    fit = model.score(fit_set, workers=0, cache=cache) if fit_set else None
+    probes = model.score(probe_set, workers=0, cache=cache) if probe_set else None
     timings["score_s"] = time.perf_counter() - t0
 
+    still_held()
+    pool_id = record_pool(store, pid, version, (int(k) for k in pool.keys))
     rng = np.random.default_rng(zlib.crc32(version.encode()))
     plan = plan_cycle(
-        PoolView(pool.predicted_loss, pool.probs, pool.embeddings),
-        calib.predicted_loss if calib is not None else np.zeros(0),
-        calib.all_correct() if calib is not None else np.zeros(0, dtype=bool),
+        pool_view,
+        as_labeled(fit, pool_view),
+        as_labeled(probes, pool_view),
         k=settings.manual_batch,
         audit_size=settings.audit_size,
+        probe_size=settings.probe_size,
         strategy=settings.strategy,
+        score=settings.risk_score,
         target=settings.target_precision,
         delta=settings.delta,
         rng=rng,
+        pool_id=pool_id,
     )
     summary = plan.summary()
     still_held()
     write_json_atomic(
         store.version_dir(pid, version) / CALIBRATION_FILE,
         {
+            "risk_score": plan.risk_score.to_dict(),
             "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
             "certificate": plan.certificate.to_dict(),
             "summary": summary,
@@ -222,24 +236,37 @@ def run_cycle(
     task_ids = np.array([int(k) for k in pool.keys], dtype=np.int64)
     audit = [int(task_ids[i]) for i in plan.audit]
     certified = [int(task_ids[i]) for i in plan.automatic]
+    # a probe the strategy picks, labeled already or still waiting, trains from now on, as a pool task it picks
+    # would; the new probes join the rest (model/al/cycle.py: why the probes stay a uniform sample of the pool)
+    picked = {int(probes.keys[i]) for i in plan.probes_to_train} if probes is not None else set()
+    picked |= {int(task_ids[i]) for i in plan.manual}
+    next_probe_ids = (probe_ids - picked) | {int(task_ids[i]) for i in plan.probes}
     still_held()
-    store.update_state(pid, audit_task_ids=sorted(audit_ids | set(audit)), last_cycle={"version": version, **summary})
+    store.update_state(
+        pid,
+        audit_task_ids=sorted(audit_ids | set(audit)),
+        probe_task_ids=sorted(next_probe_ids),
+        last_cycle={"version": version, **summary},
+    )
 
     t0 = time.perf_counter()
-    items = prediction_items(pool, version, plan.calibrator)
+    items = prediction_items(pool, version, plan.calibrator, plan.risk_score)
     still_held()
     ls.import_predictions([{"task": int(k), **item} for k, item in zip(pool.keys, items)])
     still_held()
     store.promote(pid, version)
     still_held()
-    # a model whose predicted loss does not tell right from wrong yet shows no order: Label Studio samples uniformly
+    # a model whose risk score does not tell right from wrong yet shows no order: Label Studio samples uniformly
     ls.use_version(version, UNCERTAINTY if plan.can_rank else UNIFORM)
-    score_floor = float(min((items[i]["score"] for i in plan.automatic), default=1.0))
-    # every audit task still waiting for a person, this cycle's and earlier ones', stays out of bulk accept
+    # every audit and probe task still waiting for a person, this cycle's and earlier ones', stays out of bulk accept
     labeled_ids = {tid for tid, _, _ in data.labeled}
-    pending_audit = sorted((audit_ids | set(audit)) - labeled_ids)
     still_held()
-    update_views(ls, certified_score_floor=score_floor if certified else None, audit_ids=pending_audit)
+    update_views(
+        ls,
+        certified={int(task_ids[i]): items[i]["score"] for i in plan.automatic},
+        audit_ids=sorted((audit_ids | set(audit)) - labeled_ids),
+        probe_ids=sorted(next_probe_ids - labeled_ids),
+    )
     accepted = None
     if settings.auto_accept and certified:
         still_held()
@@ -248,12 +275,13 @@ def run_cycle(
     still_held()
     store.modify_state(pid, lambda state: state.setdefault("last_cycle", {}).update(timings=timings))
     logger.info(
-        "project %s: version %s current; %d manual, %d certified, %d audit, %d deferred; %s",
+        "project %s: version %s current; %d manual, %d certified, %d audit, %d new probes, %d deferred; %s",
         pid,
         version,
         len(plan.manual),
         len(certified),
         len(audit),
+        len(plan.probes),
         len(plan.deferred),
         timings,
     )
@@ -294,6 +322,29 @@ def recover(pid: str, ls: LabelStudioProject, store: ModelStore, still_held: Cal
         can_rank = read_calibration(store.version_dir(pid, current)).get("summary", {}).get("can_rank", True)
         still_held()
         ls.use_version(current, UNCERTAINTY if can_rank else UNIFORM)
+
+
+def label_roles(
+    labeled: set[int], random_ids: set[int], audit_ids: set[int], probe_ids: set[int]
+) -> tuple[set[int], set[int]]:
+    """(fit, probes) among the ``labeled`` task ids; the rest train.
+
+    fit: labeled audit tasks and the seed set's holdout half (``is_calibration_holdout``); probes: labeled tasks
+    of ``probe_ids``. A task that is both an audit and a probe (an audit drawn on a probe still waiting for its
+    label, or the reverse) is a probe: a label that fitted the risk score must never certify it.
+    """
+    probes = labeled & probe_ids
+    fit = {
+        tid for tid in labeled - probes if tid in audit_ids or (tid in random_ids and is_calibration_holdout(str(tid)))
+    }
+    return fit, probes
+
+
+def as_labeled(result: ScoreResult | None, like: PoolView) -> Labeled:
+    """The new model's outputs on labeled tasks and whether it got every head right (none: ``like``'s heads)."""
+    if result is None:
+        return Labeled.none(like)
+    return Labeled(PoolView(result.predicted_loss, result.probs, result.embeddings), result.all_correct())
 
 
 def training_config(settings: Settings) -> TrainConfig:

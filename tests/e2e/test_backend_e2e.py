@@ -45,14 +45,13 @@ from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, fi
 from backend.dev.local_label_studio import LocalLabelStudio
 from backend.labelstudio.client import QUEUE_VIEW, UNCERTAINTY, UNIFORM, LabelStudioProject, as_dict
 from backend.labelstudio.connect import connect
-from backend.labelstudio.predictions import load_calibrator
+from backend.labelstudio.predictions import load_calibrator, load_risk_score, read_calibration, task_scores
 from backend.labelstudio.tasks import resolve_local_url
 from backend.queue import KEY, QUEUE_NAME
 from backend.store import ModelStore
 from backend.worker.accepts import list_accepts
 from backend.worker.autolabel import accept_band, undo_accept
 from backend.worker.project_data import read_project
-from model.al.calibration import score_from_loss
 from model.al.certify import Certificate
 from model.data.examples import Example
 from model.nn.checkpoint import TrainedModel
@@ -234,7 +233,8 @@ def assert_valid_prediction(loop: Loop, prediction: dict[str, Any]) -> None:
 
 
 def own_scores(loop: Loop, version: str, tasks: list[dict[str, Any]]) -> tuple[dict[int, float], dict[int, float]]:
-    """Predicted loss and score per task, computed here from the version's weights in MODEL_DIR."""
+    """Risk (the version's risk score: higher = more likely wrong) and score per task, computed here from the
+    version's weights, risk score and calibration in MODEL_DIR."""
     version_dir = loop.model_dir / loop.pid / version
     model = TrainedModel.load(version_dir)
     threads = torch.get_num_threads()
@@ -244,9 +244,10 @@ def own_scores(loop: Loop, version: str, tasks: list[dict[str, Any]]) -> tuple[d
     finally:
         torch.set_num_threads(threads)
     assert not result.failures, result.failures
-    scores = score_from_loss(result.predicted_loss, load_calibrator(version_dir))
-    losses = {int(k): float(v) for k, v in zip(result.keys, result.predicted_loss)}
-    return losses, {int(k): float(s) for k, s in zip(result.keys, scores)}
+    risk_score = load_risk_score(version_dir)
+    scores = task_scores(result, risk_score, load_calibrator(version_dir))
+    risk = {int(k): float(v) for k, v in zip(result.keys, risk_score(result.predicted_loss, result.probs))}
+    return risk, {int(k): float(s) for k, s in zip(result.keys, scores)}
 
 
 def spawn_worker(loop: Loop, log_name: str, **env: str) -> subprocess.Popen:
@@ -309,17 +310,17 @@ def test_seed_set_under_uniform_sampling_then_first_model_prelabels_every_unlabe
     assert loop.store.state(loop.pid)["random_task_ids"] == sorted(loop.seed_ids)
 
 
-def test_queue_view_ranks_unlabeled_tasks_by_the_models_own_predicted_loss(loop: Loop) -> None:
+def test_queue_view_ranks_unlabeled_tasks_by_the_models_own_risk(loop: Loop) -> None:
     version = loop.model_version()
     queue = view_tasks(loop.ls, loop.project, QUEUE_VIEW)
     unlabeled = [t for t in loop.tasks() if not t["annotations"]]
     assert sorted(t["id"] for t in queue) == sorted(t["id"] for t in unlabeled)
-    losses, scores = own_scores(loop, version, unlabeled)
-    ranked = [losses[t["id"]] for t in queue]
-    assert max(ranked) - min(ranked) > 0.01, "the model gives every task the same loss: nothing to rank"
+    risk, scores = own_scores(loop, version, unlabeled)
+    ranked = [risk[t["id"]] for t in queue]
+    assert max(ranked) - min(ranked) > 0.01, "the model gives every task the same risk: nothing to rank"
     for i, (a, b) in enumerate(zip(ranked, ranked[1:])):
-        assert a >= b - LOSS_TOLERANCE, f"queue position {i}: predicted loss {a:.4f} ranked above {b:.4f}"
-    # and the score Label Studio sorts by is the one the model gives (calibrated, decreasing in loss)
+        assert a >= b - LOSS_TOLERANCE, f"queue position {i}: risk {a:.4f} ranked above {b:.4f}"
+    # and the score Label Studio sorts by is the one the model gives (calibrated, decreasing in risk)
     for t in queue:
         assert t["predictions_score"] == pytest.approx(scores[t["id"]], abs=1e-4), t["id"]
 
@@ -531,18 +532,19 @@ def test_label_studio_unreachable_during_a_job_is_retried_and_nothing_is_half_im
         loop.stack.restart_worker()
 
 
-def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: Loop) -> None:
+def test_bulk_accept_skips_people_audit_and_probe_tasks_and_undo_takes_it_back(loop: Loop) -> None:
     """AUTO_ACCEPT's path (issue 4): Label Studio's predictions_to_annotations on the certified tasks only; its undo
     keeps a machine label a person corrected since, and that label trains."""
     version = loop.model_version()
     before = {t["id"]: t for t in loop.tasks()}
     state = loop.store.state(loop.pid)
     earlier_audit = set(state.get("audit_task_ids", []))  # the worker's own audit samples stay out too
+    probes = set(state.get("probe_task_ids", []))  # and its random probes
     people = [tid for tid, t in before.items() if t["annotations"]][:3]
     open_tasks = [
         tid
         for tid, t in before.items()
-        if not t["annotations"] and predictions_of(t, version) and tid not in earlier_audit
+        if not t["annotations"] and predictions_of(t, version) and tid not in earlier_audit | probes
     ]
     audit, accepted = open_tasks[:2], open_tasks[2:8]
     loop.store.update_state(loop.pid, audit_task_ids=sorted(earlier_audit | set(audit)))
@@ -556,13 +558,19 @@ def test_bulk_accept_skips_people_and_audit_tasks_and_undo_takes_it_back(loop: L
         delta=0.05,
         more_labels_needed=None,
         message="test",
+        pool=read_calibration(loop.model_dir / loop.pid / version)["certificate"]["pool"],  # the version's pool
     )
     project = LabelStudioProject(loop.stack.label_studio.url, loop.stack.label_studio.token, loop.project)
     webhooks_before = webhooks_answered(loop)
     edited_ids: list[int] = []
     try:
         outcome = accept_band(
-            project, loop.store, loop.pid, version, people + audit + sorted(earlier_audit)[:2] + accepted, certificate
+            project,
+            loop.store,
+            loop.pid,
+            version,
+            people + audit + sorted(earlier_audit)[:2] + sorted(probes)[:2] + accepted,
+            certificate,
         )
         after = {t["id"]: t for t in loop.tasks()}
         changed = {tid for tid in after if len(after[tid]["annotations"]) != len(before[tid]["annotations"])}
@@ -655,7 +663,12 @@ def test_demo_runs_a_cycle_against_a_real_label_studio(label_studio: LocalLabelS
     worker."""
     (tmp_path / "train.json").write_text(json.dumps(TRAIN_CONFIG))
     env = demo_env(
-        label_studio, IMAGE_SIZE="64", OMP_NUM_THREADS="1", TRAIN_CONFIG=str(tmp_path / "train.json"), AUDIT_SIZE="5"
+        label_studio,
+        IMAGE_SIZE="64",
+        OMP_NUM_THREADS="1",
+        TRAIN_CONFIG=str(tmp_path / "train.json"),
+        AUDIT_SIZE="5",
+        PROBE_SIZE="5",  # 60 scenes: the default 30 would take most of the pool in one cycle
     )
     done = subprocess.run(
         demo_command(

@@ -15,6 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from gunicorn.app.base import BaseApplication
@@ -24,13 +25,16 @@ from rq.serializers import JSONSerializer
 from tiny_data import write_tiny_set
 
 from backend.cli import main
+from backend.labelstudio.predictions import CALIBRATION_FILE, task_scores
 from backend.queue import KEY, Broker
 from backend.settings import Settings, get_settings
 from backend.store import ModelStore
 from backend.web import server
 from backend.web.app import create_app
 from backend.worker.run import quiet_maintenance
-from model.data.examples import read_manifest
+from model.al.confidence import Confidence, RiskScore
+from model.data.examples import Example, read_manifest
+from model.nn.checkpoint import TrainedModel
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.training.trainer import TrainConfig, train
 
@@ -268,6 +272,36 @@ def test_predict_broken_image_costs_only_its_task_and_cache_hits(tmp_path, train
     ]
     shutil.copy(tmp_path / "keep.jpg", docs / "imgs" / "images" / "0001.jpg")
     assert again == res[:1]
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["risk score recorded", "older version"])
+def test_predict_scores_with_the_versions_own_risk_score(tmp_path, trained_store, broker, recorded):
+    """Issue 14: /predict gives a task the score the worker's bulk import gave it: P(every head right) of the risk
+    score the version's cycle fitted (its calibration.json); a version certified before risk scores existed has
+    none there and keeps the predicted loss, the score it was imported with."""
+    models, docs, version = trained_store
+    shutil.copytree(models, tmp_path / "models")
+    version_dir = tmp_path / "models" / "7" / version
+    n_features = 1 + 3 * len(LabelSchema.from_file().heads)  # predicted loss, then 3 per head
+    confidence = RiskScore("confidence", Confidence(np.linspace(-2.0, 2.0, n_features), 0.5, use_loss_module=True))
+    if recorded:
+        (version_dir / CALIBRATION_FILE).write_text(
+            json.dumps({"risk_score": confidence.to_dict(), "calibrator": None})
+        )
+    images = ["0001.jpg", "0002.jpg", "0003.jpg"]
+    result = TrainedModel.load(version_dir).score(
+        [Example(key=str(i), source=str(docs / "imgs" / "images" / name)) for i, name in enumerate(images)], workers=0
+    )
+    expected = task_scores(result, confidence if recorded else RiskScore("loss"), None)
+    assert not np.allclose(expected, task_scores(result, RiskScore("loss") if recorded else confidence, None))
+    c = make_client(tmp_path, broker, local_files_document_root=docs)
+    tasks = [
+        {"id": 21 + i, "data": {"image": f"/data/local-files/?d=imgs/images/{name}"}} for i, name in enumerate(images)
+    ]
+    res = c.post("/predict", json={"tasks": tasks, "project": "7.1", "label_config": LABEL_CONFIG}).get_json()[
+        "results"
+    ]
+    assert [item["score"] for item in res] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def test_schema_change_is_a_409_that_says_retrain(tmp_path, trained_store, broker):
@@ -538,6 +572,8 @@ def test_setup_applies_the_connect_dialogs_extra_params(tmp_path, broker):
         ("not json", "JSON object"),
         ({"LABEL_STUDIO_URL": "http://evil"}, "unknown Extra params"),
         ({"STRATEGY": "best"}, "unknown selection strategy 'best'; choose one of loss, "),
+        ({"RISK_SCORE": "entropy"}, "unknown risk score 'entropy'; choose one of confidence, loss"),
+        ({"PROBE_SIZE": -1}, "PROBE_SIZE"),
     ]:
         r = c.post("/setup", json={**body, "extra_params": bad})
         assert r.status_code == 422 and words in r.get_json()["error"], r.get_json()

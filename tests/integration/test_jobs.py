@@ -1,14 +1,18 @@
 """A training run's cycle with a fake Label Studio: lock loss, crash recovery, human labels, project settings.
 
 Issue 11 items 5 (a person's label always wins and trains), 7 (a run that lost its lock writes nothing) and
-14 (a crash at any write leaves Label Studio's model version and the store's CURRENT agreeing after recovery).
+14 (a crash at any write leaves Label Studio's model version and the store's CURRENT agreeing after recovery);
+issue 14: the strategy and risk-score settings reach the cycle's plan, and the random probes keep their role
+(never trained or fitted on, until the strategy picks one).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ import pytest
 from tiny_data import write_tiny_set
 
 from backend.labelstudio.client import UNCERTAINTY, UNIFORM
+from backend.labelstudio.predictions import CALIBRATION_FILE
 from backend.queue import Broker
 from backend.settings import Settings, get_settings
 from backend.store import ModelStore
@@ -24,7 +29,8 @@ from backend.worker.cycle import run_cycle
 from backend.worker.lease import LockLost, RunLease
 from backend.worker.progress import CycleProgress, read_progress
 from backend.worker.project_data import read_project
-from model.al.cycle import plan_cycle
+from model.al.cycle import Labeled, plan_cycle
+from model.al.strategies import PoolView
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.training.trainer import TrainConfig
 
@@ -173,22 +179,77 @@ def test_project_extra_params_apply_to_its_runs(project):
 
 
 @pytest.mark.parametrize("where", ["deployment", "project"])
-def test_the_strategy_setting_reaches_the_worker(project, monkeypatch, where):
-    """Issue 14: the manual band is chosen by the STRATEGY setting (the deployment's, or the project's own)."""
+def test_the_strategy_and_risk_score_settings_reach_the_worker(project, monkeypatch, where):
+    """Issue 14: the manual band is chosen by the STRATEGY setting, the tasks scored by RISK_SCORE and PROBE_SIZE
+    probes drawn (the deployment's settings, or the project's own)."""
     fake, settings, store = project
     if where == "deployment":
-        settings = settings.model_copy(update={"strategy": "margin"})
+        settings = settings.model_copy(update={"strategy": "margin", "risk_score": "loss", "probe_size": 2})
     else:
-        store.update_state("3", extra_params={"STRATEGY": "margin"})
-    used: list[str] = []
+        store.update_state("3", extra_params={"STRATEGY": "margin", "RISK_SCORE": "loss", "PROBE_SIZE": 2})
+    used: list[tuple[str, str, int]] = []
 
     def recording_plan(*args, **kwargs):
-        used.append(kwargs["strategy"])
+        used.append((kwargs["strategy"], kwargs["score"], kwargs["probe_size"]))
         return plan_cycle(*args, **kwargs)
 
     monkeypatch.setattr(jobs, "plan_cycle", recording_plan)
     out = run_cycle("3", settings, store, None)
-    assert out["result"] == "promoted" and used == ["margin"]
+    assert out["result"] == "promoted" and used == [("margin", "loss", 2)]
+    assert out["summary"]["score"] == "loss" and out["summary"]["counts"]["probes"] == 2
+    version_dir = store.version_dir("3", out["version"])
+    assert json.loads((version_dir / CALIBRATION_FILE).read_text())["risk_score"] == {
+        "source": "loss",
+        "confidence": None,
+    }
+
+
+def label_tasks(fake: FakeLabelStudio, task_ids: list[int]) -> None:
+    """A person labels ``task_ids`` (each with the first class of every head)."""
+    first = {h.name: h.classes[0] for h in SCHEMA.heads}
+    for tid in task_ids:
+        fake.tasks_[tid - 1]["annotations"] = [annotation(500 + tid, first, "2026-01-02T00:00:00Z")]
+
+
+def test_probes_are_never_trained_or_fitted_on_and_a_picked_probe_trains(project, monkeypatch):
+    """Issue 14: the probes a cycle draws, once people label them, certify the next model and nothing else: they are
+    neither in its training set (train or validation) nor in the labels that fit its risk score (calibration), nor
+    in the promotion comparison; one the strategy picks moves to training, and new probes are drawn."""
+    fake, settings, store = project
+    settings = settings.model_copy(update={"probe_size": 3})
+    first = run_cycle("3", settings, store, None)
+    drawn = store.state("3")["probe_task_ids"]
+    assert len(drawn) == 3 and first["summary"]["counts"]["probes"] == 3
+    assert not set(drawn) & {tid for tid in range(1, 15)}  # from the unlabeled pool
+    label_tasks(fake, drawn)
+    plans, compared = [], []
+    picked = drawn[1]
+
+    def plan_picking_a_probe(pool, fit, probes, **kwargs):
+        plan = plan_cycle(pool, fit, probes, **kwargs)
+        plans.append((fit, probes, plan))
+        return replace(plan, probes_to_train=np.array([1]))  # the strategy picks the second probe
+
+    def recording_promote(store, pid, current, model, examples, tolerance):
+        compared.extend(int(e.key) for e in examples)
+        return True, {"reason": "test"}
+
+    monkeypatch.setattr(jobs, "plan_cycle", plan_picking_a_probe)
+    monkeypatch.setattr(jobs, "should_promote", recording_promote)
+    second = run_cycle("3", settings, store, None)
+    roles = store.trained_on("3", second["version"])
+    assert roles["probes"] == sorted(drawn)
+    assert not set(drawn) & set(roles["train"] + roles["validation"] + roles["calibration"] + compared)
+    ((fit, probes, plan),) = plans
+    assert len(probes.correct) == 3 and len(fit.correct) == len(roles["calibration"])
+    assert plan.certificate.n_calibration == 3 and plan.certificate.pool is not None
+    probe_ids = store.state("3")["probe_task_ids"]
+    assert picked not in probe_ids and set(drawn) - {picked} <= set(probe_ids)
+
+    third = run_cycle("3", settings, store, None)  # the picked probe trains now; the others still certify
+    roles = store.trained_on("3", third["version"])
+    assert picked in roles["train"] + roles["validation"] and picked not in roles["probes"]
+    assert set(drawn) - {picked} <= set(roles["probes"])
 
 
 def test_a_persons_label_wins_over_a_machine_one_and_trains(caplog):
@@ -249,13 +310,14 @@ def test_a_cycle_reports_its_training_and_the_whole_pools_scoring(project):
 
 @pytest.mark.parametrize("calibration", ["flat", "too few"])
 def test_a_model_that_cannot_rank_yet_leaves_label_studio_sampling_uniformly(project, monkeypatch, calibration):
-    """Issue 14, cold start: when the calibration labels show no link between predicted loss and errors (here 30
-    labels, all right: a flat calibrator), Label Studio gets the version with uniform sampling, not an order;
-    with too few calibration labels to tell (this project's own), the predicted loss orders the queue."""
+    """Issue 14, cold start: when the fit labels show no link between the risk score and errors (here 30 labels,
+    all right and alike: a flat calibrator), Label Studio gets the version with uniform sampling, not an order;
+    with too few fit labels to tell (this project's own), the risk score orders the queue."""
     fake, settings, store = project
 
-    def flat_plan(pool, calib_loss, calib_correct, **kwargs):
-        return plan_cycle(pool, np.linspace(0, 1, 30), np.ones(30, bool), **kwargs)
+    def flat_plan(pool, fit, probes, **kwargs):
+        flat = PoolView(np.linspace(0, 1, 30), {h: np.full((30, p.shape[1]), 0.9) for h, p in pool.probs.items()})
+        return plan_cycle(pool, Labeled(flat, np.ones(30, bool)), probes, **kwargs)
 
     if calibration == "flat":
         monkeypatch.setattr(jobs, "plan_cycle", flat_plan)
