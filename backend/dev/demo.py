@@ -3,7 +3,7 @@
 It starts a real Label Studio (its own venv), Redis (embedded unless ``REDIS_URL`` names one), the
 backend and a worker; creates a project from ``label_config.xml`` over synthetic scenes; labels the
 random seed set with a simulated annotator (it reveals the scenes' labels); trains; and shows the
-ranked queue, the certified candidates and the audit sample. Then it prints the URL and login for a
+ranked queue, the certified candidates, the audit sample and the random probes. Then it prints the URL and login for a
 person to continue by hand, or, with ``--cycles N --no-wait``, runs N more cycles unattended and prints
 a table per cycle before stopping everything it started.
 
@@ -33,7 +33,7 @@ from label_studio_sdk import LabelStudio
 from tqdm.auto import tqdm
 
 from backend.dev.local_label_studio import LocalLabelStudio, start_label_studio
-from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, UNIFORM, as_dict
+from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, PROBES_VIEW, QUEUE_VIEW, UNIFORM, as_dict
 from backend.labelstudio.connect import connect
 from backend.labelstudio.predictions import choices_result
 from backend.labelstudio.tasks import resolve_local_url
@@ -345,6 +345,11 @@ def view_tasks(ls: LabelStudio, project: int, title: str) -> list[dict[str, Any]
     return [as_dict(t) for t in pages]
 
 
+def waiting(ls: LabelStudio, project: int, title: str) -> list[int]:
+    """The ids of the tasks of the view ``title`` that no one has labeled yet."""
+    return [int(t["id"]) for t in view_tasks(ls, project, title) if not t.get("annotations")]
+
+
 def run_demo(
     workdir: Path,
     n: int,
@@ -412,12 +417,12 @@ def _run_demo(
         show_queue(ls, project)
         for c in range(1, cycles + 1):
             queue = [int(t["id"]) for t in view_tasks(ls, project, QUEUE_VIEW)[:k]]
-            audit = [int(t["id"]) for t in view_tasks(ls, project, AUDIT_VIEW) if not t.get("annotations")]
-            annotator.label(queue + audit)
+            audit, probes = (waiting(ls, project, view) for view in (AUDIT_VIEW, PROBES_VIEW))
+            annotator.label(list(dict.fromkeys(queue + audit + probes)))  # a task in two lists is labeled once
             runs = finished_runs(models, project)
             print(
-                f"cycle {c}: the simulated annotator labeled {len(queue)} queued "
-                f"and {len(audit)} audit tasks; retraining ..."
+                f"cycle {c}: the simulated annotator labeled {len(queue)} queued, {len(audit)} audit "
+                f"and {len(probes)} probe tasks; retraining ..."
             )
             started = time.monotonic()
             ls.ml.train(id=ml.id)
@@ -506,15 +511,16 @@ def show_queue(ls: LabelStudio, project: int) -> None:
     queue = view_tasks(ls, project, QUEUE_VIEW)
     if as_dict(ls.projects.get(id=project)).get("sampling") == UNIFORM:
         print(
-            f"\nThis model cannot rank yet (on the calibration labels its predicted loss does not tell right from "
+            f"\nThis model cannot rank yet (on the labels it was checked on its risk score does not tell right from "
             f"wrong), so Label Studio samples the {len(queue)} queued tasks uniformly."
         )
     else:
-        print(f"\nActive learning queue (highest predicted loss first), top 5 of {len(queue)}:")
+        print(f"\nActive learning queue (most likely wrong first), top 5 of {len(queue)}:")
         for t in queue[:5]:
             score = t.get("predictions_score")
             print(f"  task {t['id']}: score {'none' if score is None else format(score, '.3f')}")
     print(
         f"Auto-annotation candidates: {len(view_tasks(ls, project, CANDIDATES_VIEW))} tasks; "
-        f"audit sample: {len(view_tasks(ls, project, AUDIT_VIEW))} tasks"
+        f"audit sample: {len(view_tasks(ls, project, AUDIT_VIEW))} tasks; "
+        f"random probes: {len(view_tasks(ls, project, PROBES_VIEW))} tasks"
     )

@@ -6,23 +6,27 @@ person does and checks what a person sees:
 
 1. Connect: Settings > Model > Connect Model with the backend's URL; the card says "Connected";
    "Start Training" from the card's menu trains the first model (project.model_version changes).
-2. Annotate the prioritized queue: "Label All Tasks" opens the task with the highest predicted loss
-   of the current model (read from the model store's score chunks, i.e. the backend's own numbers,
-   and cross-checked with the lowest prediction score in Label Studio), its pre-labels ticked; each
+   The first model draws random probes ("Random probes" tab); a person labels them (through the API:
+   they certify the retrain's band).
+2. Annotate the prioritized queue: "Label All Tasks" opens the task with the highest risk (the
+   version's risk score over the model store's score chunks, i.e. the backend's own numbers, and
+   cross-checked with the lowest prediction score in Label Studio), its pre-labels ticked; each
    Submit opens the next-highest; TRAIN_EVERY submissions retrain, and the queue then follows the
    new model.
 3. Accept in bulk: the "Auto-annotation candidates" tab, select all, Actions > "Create Annotations
    From Predictions" with the current version: exactly the listed tasks get annotations, tasks people
-   labeled keep theirs, and the audit tasks (every cycle's, still unlabeled) are neither listed nor
-   converted.
+   labeled keep theirs, and the audit and probe tasks (every cycle's, still unlabeled) are neither
+   listed nor converted.
 And a control that the ranking check cannot pass by accident: reversed scores change the first task.
 
 Settings, and why they differ from the defaults (for speed on 2 CPU cores, and a certifiable band):
 - IMAGE_SIZE=64, OMP_NUM_THREADS=1 (on a loaded 2-core machine two torch threads per process made a
   forward pass 20x slower), TRAIN_EVERY=3, MIN_LABELS=10, MANUAL_BATCH=20, AUDIT_SIZE=10.
-- TARGET_PRECISION=0.9, DELTA=0.1 instead of 0.95/0.05: certifying needs the lowest-loss
-  calibration labels all right (labels_needed: 22 here, 59 at the defaults), which a model trained
-  on 75 labels in a CPU-friendly minute does not reliably give at 0.95/0.05.
+- PROBE_SIZE=60, TARGET_PRECISION=0.9, DELTA=0.1 instead of 30, 0.95, 0.05: certifying needs the
+  lowest-risk probes all right (labels_needed: 22 here, 59 at the defaults), which a model trained
+  on 75 labels in a CPU-friendly minute does not reliably give at 0.95/0.05; 60 probes (a multiple
+  of TRAIN_EVERY, so that labeling them leaves the count of annotation events where it was) give
+  the retrain room to certify a band.
 - Scenes: 300 synthetic scenes, day or night (no dusk), clear weather, no label noise: easy enough
   that such a model is ~95% right, so that a certified band exists. 150 of them are the random seed
   set, labeled through the API before the backend is connected; half of those are held out for
@@ -57,7 +61,8 @@ from playwright.sync_api import sync_playwright
 
 from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, view_tasks, wait_for_version
 from backend.dev.local_label_studio import LocalLabelStudio
-from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, QUEUE_VIEW, as_dict
+from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, PROBES_VIEW, QUEUE_VIEW, as_dict
+from backend.labelstudio.predictions import load_risk_score
 from backend.store import ModelStore
 from model.schema import LabelSchema
 from model.sim.scenes import generate
@@ -96,6 +101,7 @@ BACKEND_ENV = {
     "MIN_LABELS": "10",
     "MANUAL_BATCH": "20",
     "AUDIT_SIZE": "10",
+    "PROBE_SIZE": "60",
     "TARGET_PRECISION": str(TARGET_PRECISION),
     "DELTA": str(DELTA),
     "AUTO_ACCEPT": "false",
@@ -146,29 +152,30 @@ class Loop:
         self.train_config.write_text(json.dumps(config.to_dict()))
 
     def scores(self, version: str) -> dict[int, dict[str, Any]]:
-        """The backend's own numbers for ``version``: task id -> predicted loss and argmax labels (score chunks)."""
-        folder = self.store.version_dir(str(self.project), version) / "scores"
+        """The backend's own numbers for ``version``: task id -> risk (the version's risk score over its score
+        chunks) and argmax labels."""
+        version_dir = self.store.version_dir(str(self.project), version)
+        risk_score = load_risk_score(version_dir)
         out: dict[int, dict[str, Any]] = {}
-        for chunk in sorted(folder.glob("chunk-*.npz")):
+        for chunk in sorted((version_dir / "scores").glob("chunk-*.npz")):
             with np.load(chunk) as z:
                 probs = {h.name: z[f"probs__{h.name}"] for h in self.schema.heads}
+                risk = risk_score(z["predicted_loss"], probs)
                 for i, key in enumerate(z["keys"]):
                     labels = {h.name: h.classes[int(probs[h.name][i].argmax())] for h in self.schema.heads}
-                    out[int(key)] = {"loss": float(z["predicted_loss"][i]), "labels": labels}
-        assert out, f"no score chunks for {version} in {folder}"
+                    out[int(key)] = {"risk": float(risk[i]), "labels": labels}
+        assert out, f"no score chunks for {version} in {version_dir}"
         return out
 
     def ranking(self, version: str, tasks: dict[int, dict[str, Any]] | None = None) -> list[int]:
-        """Unlabeled tasks by predicted loss of ``version``, highest first, checked against Label Studio's scores."""
+        """Unlabeled tasks by risk under ``version``, highest first, checked against Label Studio's scores."""
         tasks = tasks or self.tasks()
         scored = self.scores(version)
         unlabeled = [tid for tid, t in tasks.items() if not t.get("annotations") and tid in scored]
-        by_loss = sorted(unlabeled, key=lambda tid: -scored[tid]["loss"])
+        by_risk = sorted(unlabeled, key=lambda tid: -scored[tid]["risk"])
         by_score = sorted(unlabeled, key=lambda tid: prediction(tasks[tid], version)["score"])
-        assert by_loss == by_score, (
-            "Label Studio's score order (ascending) is not the predicted-loss order (descending)"
-        )
-        return by_loss
+        assert by_risk == by_score, "Label Studio's score order (ascending) is not the risk order (descending)"
+        return by_risk
 
 
 def prediction(task: dict[str, Any], version: str) -> dict[str, Any]:
@@ -375,13 +382,25 @@ def test_connect_the_backend_and_start_training(loop: Loop, page, artifacts: Pat
     assert len(unlabeled) == N_SCENES - SEED_SIZE
     assert all(prediction(t, loop.version) for t in unlabeled)
 
+    # the first model drew random probes; a person labels them from their tab (through the API here), with
+    # training on annotation events suspended meanwhile: the probes certify the retrain, they do not start it
+    pid = str(loop.project)
+    probes = loop.store.state(pid)["probe_task_ids"]
+    assert len(probes) == int(BACKEND_ENV["PROBE_SIZE"])
+    assert sorted(int(t["id"]) for t in view_tasks(loop.ls, loop.project, PROBES_VIEW)) == probes
+    loop.store.update_state(pid, extra_params={"train_every": 10**6})
+    try:
+        SimulatedAnnotator(loop.ls, loop.answers).label(probes)
+    finally:
+        loop.store.update_state(pid, extra_params={})
 
-def test_label_all_tasks_follows_the_predicted_loss(loop: Loop, page, artifacts: Path) -> None:
+
+def test_label_all_tasks_follows_the_risk(loop: Loop, page, artifacts: Path) -> None:
     first = loop.version
     expected = loop.ranking(first)
     assert open_tab(page, loop, QUEUE_VIEW, len(expected)) == len(expected)
     first_row = page.locator(ROW_IDS).first.get_attribute("aria-label")
-    assert first_row == f"Select Task {expected[0]}", "the queue tab does not list the highest predicted loss first"
+    assert first_row == f"Select Task {expected[0]}", "the queue tab does not list the highest risk first"
     shot(page, artifacts, "2-queue")
 
     loop.set_training_steps(RETRAIN_STEPS)
@@ -390,7 +409,7 @@ def test_label_all_tasks_follows_the_predicted_loss(loop: Loop, page, artifacts:
     task = label_all_tasks(page, loop)
     shot(page, artifacts, "2-labeling")
     for i in range(TRAIN_EVERY + 1):
-        assert task["id"] == expected[i], f"opened task {task['id']}, but #{i + 1} by predicted loss is {expected[i]}"
+        assert task["id"] == expected[i], f"opened task {task['id']}, but #{i + 1} by risk is {expected[i]}"
         assert ticked(page, len(loop.schema.heads)) == set(scored[task["id"]]["labels"].values()), (
             "pre-labels not ticked"
         )
@@ -426,11 +445,14 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     listed = {int(t["id"]) for t in view_tasks(loop.ls, loop.project, AUDIT_VIEW)}
     assert audit <= listed <= every_audit and all(before[t].get("annotations") for t in listed - audit)
     assert len(audit) >= int(BACKEND_ENV["AUDIT_SIZE"])
+    probes = {t for t in loop.store.state(pid)["probe_task_ids"] if not before[t].get("annotations")}
+    assert probes and probes <= {int(t["id"]) for t in view_tasks(loop.ls, loop.project, PROBES_VIEW)}
     candidates = {int(t["id"]) for t in view_tasks(loop.ls, loop.project, CANDIDATES_VIEW)}
-    losses = loop.scores(version)
+    scored = loop.scores(version)
     assert candidates, "the candidates tab is empty"
     assert not candidates & audit, "audit tasks are listed as candidates"
-    assert all(losses[t]["loss"] <= cycle["threshold"] and not before[t].get("annotations") for t in candidates)
+    assert not candidates & probes, "random probes are listed as candidates"
+    assert all(scored[t]["risk"] <= cycle["threshold"] and not before[t].get("annotations") for t in candidates)
 
     assert open_tab(page, loop, CANDIDATES_VIEW, len(candidates)) == len(candidates)
     page.locator(SELECT_ALL).click()
@@ -454,14 +476,14 @@ def test_bulk_accept_of_the_certified_band(loop: Loop, page, artifacts: Path) ->
     for tid in candidates:
         (ann,) = after[tid]["annotations"]
         assert ann["parent_prediction"] == prediction(after[tid], version)["id"]
-        assert choices(ann["result"]) == losses[tid]["labels"]
+        assert choices(ann["result"]) == scored[tid]["labels"]
     for tid, task in before.items():
         if task.get("annotations"):
             assert [a["id"] for a in after[tid]["annotations"]] == [a["id"] for a in task["annotations"]], (
                 f"task {tid} changed"
             )
     assert open_tab(page, loop, AUDIT_VIEW, len(listed)) == len(listed)  # the audit sample waits for people, unlabeled
-    assert not any(after[t].get("annotations") for t in audit)
+    assert not any(after[t].get("annotations") for t in audit | probes)
     # Label Studio's ANNOTATIONS_CREATED webhook made the backend record them as machine labels (never trained on)
     deadline = time.time() + 60
     while set(loop.store.state(str(loop.project)).get("machine_task_ids", [])) != candidates and time.time() < deadline:
@@ -501,6 +523,6 @@ def test_reversed_scores_change_the_first_task(loop: Loop, page, artifacts: Path
     shot(page, artifacts, "4-reversed")
     assert order[0] != order[-1]
     assert task["id"] == order[-1], (
-        f"with reversed scores Label Studio should open {order[-1]} (lowest loss), opened {task['id']}"
+        f"with reversed scores Label Studio should open {order[-1]} (lowest risk), opened {task['id']}"
     )
     assert task["id"] != order[0]
