@@ -132,3 +132,17 @@ def write_accept_record(
 
 def list_accepts(store: ModelStore, pid: str) -> list[dict[str, Any]]:
     return store.accept_records(pid)
+
+
+def probes_of_accepted_bands(store: ModelStore, pid: str) -> set[int]:
+    """The probes that lay in a band accepted in bulk (each version's calibration lists its ``probes_in_band``).
+
+    An accepted band leaves the pool; its probes must leave the probes by the same rule, or the remaining
+    probes would over-represent what the band left behind, the easy images, and later certificates would be
+    too optimistic (model/al/cycle.py). They keep their people's labels and train from then on.
+    """
+    retired: set[int] = set()
+    for record in list_accepts(store, pid):
+        calibration = read_calibration(store.version_dir(pid, str(record.get("version"))))
+        retired.update(int(t) for t in calibration.get("probes_in_band", []))
+    return retired

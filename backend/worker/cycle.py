@@ -35,6 +35,7 @@ from backend.labelstudio.predictions import CALIBRATION_FILE, prediction_items, 
 from backend.queue import Broker
 from backend.settings import Settings, feature_cache, get_settings
 from backend.store import ModelStore
+from backend.worker.accepts import probes_of_accepted_bands
 from backend.worker.autolabel import accept_band, record_pool, update_views
 from backend.worker.chunks import score_pool
 from backend.worker.images import fetch_all
@@ -141,7 +142,7 @@ def run_cycle(
     if current is None:
         random_ids |= {tid for tid, _, _ in data.labeled}
     audit_ids = set(state.get("audit_task_ids", []))
-    probe_ids = set(state.get("probe_task_ids", []))
+    probe_ids = set(state.get("probe_task_ids", [])) - probes_of_accepted_bands(store, pid)
     fit_ids, labeled_probe_ids = label_roles({tid for tid, _, _ in data.labeled}, random_ids, audit_ids, probe_ids)
     still_held()
     store.update_state(pid, random_task_ids=sorted(random_ids))
@@ -229,6 +230,7 @@ def run_cycle(
             "risk_score": plan.risk_score.to_dict(),
             "calibrator": plan.calibrator.to_dict() if plan.calibrator is not None else None,
             "certificate": plan.certificate.to_dict(),
+            "probes_in_band": sorted(int(probes.keys[i]) for i in plan.probes_in_band) if probes is not None else [],
             "summary": summary,
         },
     )

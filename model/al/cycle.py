@@ -22,6 +22,8 @@ the pool. New probes are drawn uniformly from what stays unlabeled, so survivors
 a uniform sample of the remaining pool (a uniform m-subset plus a uniform n-subset of the rest is a
 uniform (m + n)-subset). No model ever trains on a probe while it certifies, and no certificate is
 reused: each cycle certifies its own model on the pool it scores, and the certificate names that pool.
+When people accept the certified band in bulk, its images leave the pool; the probes in that band
+(``CyclePlan.probes_in_band``) must leave the probes with them, by the same rule, and train from then on.
 The one asymmetry left is the audit draw (pool images only), which is uniform within the band and so
 leaves the band's precision unchanged in expectation; the benchmark measures the miss rate as run.
 
@@ -100,7 +102,8 @@ class CyclePlan:
     strategy's picks from the pool, in priority order; ``probes_to_train`` the probes (indices into the
     probes passed in) the strategy picked, whose labels train from now on; ``audit`` the audit sample;
     ``probes`` the new probes; ``automatic`` the certified band minus the manual band; ``audit_candidates``
-    the set the audit was drawn from.
+    the set the audit was drawn from; ``probes_in_band`` the probes passed in whose risk is within the
+    certified threshold: if the band is accepted, they leave the probes as its images leave the pool.
     risk_score: the function that scored, ranked and banded (model.al.confidence.RiskScore); risk: its
     value per pool image. scores: the Label Studio score per pool image, decreasing in risk.
     estimates: band name -> expected accuracy from the calibrator, None without one (or when empty).
@@ -124,6 +127,7 @@ class CyclePlan:
     audit_source: str
     deferred: np.ndarray
     estimates: dict[str, BandEstimate | None]
+    probes_in_band: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     audit_check: tuple[int, int] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -235,8 +239,9 @@ def plan_cycle(
     )
     bands = assign_bands(risk, manual, certificate.threshold)
     not_manual = np.flatnonzero(bands != MANUAL)
-    audit_check = None
+    audit_check, probes_in_band = None, np.zeros(0, dtype=np.int64)
     if certificate.threshold is not None:
+        probes_in_band = np.flatnonzero(probe_view.risk <= certificate.threshold)
         candidates, source = np.flatnonzero(bands == AUTOMATIC), "certified band"
         in_band = fit_view.risk <= certificate.threshold
         audit_check = (int(fit.correct[in_band].sum()), int(in_band.sum()))
@@ -272,6 +277,7 @@ def plan_cycle(
         audit_source=source,
         deferred=deferred,
         estimates=estimates,
+        probes_in_band=probes_in_band,
         audit_check=audit_check,
         timings={"select": t_select, "certify": t_certify},
     )

@@ -25,6 +25,7 @@ from backend.queue import Broker
 from backend.settings import Settings, get_settings
 from backend.store import ModelStore
 from backend.worker import cycle as jobs
+from backend.worker.accepts import write_accept_record
 from backend.worker.cycle import run_cycle
 from backend.worker.lease import LockLost, RunLease
 from backend.worker.progress import CycleProgress, read_progress
@@ -250,6 +251,34 @@ def test_probes_are_never_trained_or_fitted_on_and_a_picked_probe_trains(project
     roles = store.trained_on("3", third["version"])
     assert picked in roles["train"] + roles["validation"] and picked not in roles["probes"]
     assert set(drawn) - {picked} <= set(roles["probes"])
+
+
+def test_probes_in_an_accepted_band_leave_the_probes_and_train(project, monkeypatch):
+    """Issue 14: accepting a band in bulk takes its tasks out of the pool; the probes inside that band must leave
+    the probes by the same rule (else the rest over-represent what the band left behind), and train from then on."""
+    fake, settings, store = project
+    settings = settings.model_copy(update={"probe_size": 3})
+    run_cycle("3", settings, store, None)
+    drawn = store.state("3")["probe_task_ids"]
+    label_tasks(fake, drawn)
+
+    def plan_with_a_probe_in_band(pool, fit, probes, **kwargs):
+        return replace(plan_cycle(pool, fit, probes, **kwargs), probes_in_band=np.array([0]))
+
+    monkeypatch.setattr(jobs, "plan_cycle", plan_with_a_probe_in_band)
+    second = run_cycle("3", settings, store, None)
+    in_band = drawn[0]  # the probes reach plan_cycle in task order
+    calibration = json.loads((store.version_dir("3", second["version"]) / CALIBRATION_FILE).read_text())
+    assert calibration["probes_in_band"] == [in_band]
+    monkeypatch.setattr(jobs, "plan_cycle", plan_cycle)
+    third = run_cycle("3", settings, store, None)  # nothing accepted: the probe still certifies
+    assert in_band in store.trained_on("3", third["version"])["probes"]
+
+    write_accept_record(store, "3", second["version"], [1], calibration["certificate"], source="test")
+    fourth = run_cycle("3", settings, store, None)
+    roles = store.trained_on("3", fourth["version"])
+    assert in_band not in roles["probes"] and in_band in roles["train"] + roles["validation"]
+    assert set(drawn[1:]) <= set(roles["probes"])
 
 
 def test_a_persons_label_wins_over_a_machine_one_and_trains(caplog):

@@ -75,6 +75,11 @@ def test_audit_is_drawn_from_the_certified_band_and_new_probes_from_all_that_sta
     assert set(np.flatnonzero(plan.bands == AUTOMATIC).tolist()) == auto
     right, checked = plan.audit_check
     assert checked > 50 and right / checked > 0.95  # the fit labels in the band: a check beside the certificate
+    probes = _labeled(300, 2)  # the probes _plan certified on
+    assert (
+        plan.probes_in_band.tolist()
+        == np.flatnonzero(probes.view.predicted_loss <= plan.certificate.threshold).tolist()
+    )
 
 
 def test_certification_refuses_when_probes_are_few_and_says_how_many_more():
