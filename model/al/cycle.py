@@ -239,7 +239,8 @@ def plan_cycle(
     )
     bands = assign_bands(risk, manual, certificate.threshold)
     not_manual = np.flatnonzero(bands != MANUAL)
-    audit_check, probes_in_band = None, np.zeros(0, dtype=np.int64)
+    audit_check = None
+    probes_in_band: np.ndarray = np.zeros(0, dtype=np.int64)
     if certificate.threshold is not None:
         probes_in_band = np.flatnonzero(probe_view.risk <= certificate.threshold)
         candidates, source = np.flatnonzero(bands == AUTOMATIC), "certified band"
