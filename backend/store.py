@@ -42,6 +42,7 @@ MAX_PROJECT_ID_DIGITS = 12
 _PROJECT_ID_RE = re.compile(rf"[0-9]{{1,{MAX_PROJECT_ID_DIGITS}}}")
 #: What CURRENT may name: a version folder (``new_version_name``), never a path.
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_VERSION_NAME = re.compile(r"v[0-9]+-")  # the folders new_version_name makes
 
 CURRENT = "CURRENT"
 #: The folder of a project's bulk-accept records (written by ``accepts``, read here to rebuild the state)
@@ -147,7 +148,9 @@ class ModelStore:
         )
 
     def new_version_name(self, project: str) -> str:
-        n = 1 + sum(1 for d in self.project_dir(project).iterdir() if d.is_dir() and not d.name.startswith("."))
+        """``v<n>-<UTC time>``, n counting the version folders there are (complete or not, never the record
+        folders such as accepts/ that live beside them)."""
+        n = 1 + sum(1 for d in self.project_dir(project).iterdir() if d.is_dir() and _VERSION_NAME.match(d.name))
         return f"v{n}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
 
     def version_dir(self, project: str, version: str) -> Path:

@@ -36,6 +36,14 @@ def test_state_updates_from_two_processes_are_not_lost(tmp_path):
     assert state["events"] == 120
 
 
+def test_version_numbers_count_versions_not_the_record_folders_beside_them(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.accept_records("3") == []  # makes the accepts/ folder, as a cycle's first look at accepts does
+    assert store.new_version_name("3").startswith("v1-")
+    (store.project_dir("3") / "v1-20260101T000000").mkdir()
+    assert store.new_version_name("3").startswith("v2-")
+
+
 def test_marking_reports_only_what_changed(tmp_path):
     store = ModelStore(tmp_path)
     assert store.mark_machine_labeled("3", [5, 1, 5]) == [1, 5]
