@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -236,6 +237,17 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip()
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While running, `kill` (SIGTERM) unwinds like Ctrl-C: simulate() then terminates its job processes, which
+    SIGTERM's default action would leave running, orphaned, for as long as their runs take."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -610,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%d of %d runs kept in %s; running %d", len(runs) - len(todo), len(runs), store.root, len(todo))
         if todo:
             data = SimulationData.from_manifest(manifest, pool_size=args.pool, test_size=test)
-            run_missing(data, todo, store, args, config)
+            with sigterm_unwinds():
+                run_missing(data, todo, store, args, config)
         finished = [store.load(*run) for run in runs]
     result = merged(finished, strategies, seeds, args)
     eff = label_efficiency(result.rows)

@@ -102,6 +102,7 @@ def test_every_strategy_returns_k_distinct_valid_indices(name):
         predicted_loss=generator.normal(size=n),
         probs={"h": generator.dirichlet(np.ones(3), size=n)},
         embeddings=generator.normal(size=(n, 4)),
+        risk=generator.normal(size=n),
     )
     strategy = get_strategy(name)
     assert strategy.name == name
@@ -151,6 +152,16 @@ def test_the_strategy_names_are_the_registry():
         "RandomStrategy",
         "EntropyStrategy",
         "MarginStrategy",
+        "ConfidenceStrategy",
     }
     with pytest.raises(ValueError, match="margin"):
         get_strategy("coreset")
+
+
+def test_the_confidence_strategy_takes_the_highest_risk_and_needs_one():
+    pool = PoolView(predicted_loss=np.zeros(5), risk=np.array([0.2, 3.0, -1.0, 7.0, 1.0]))
+    assert get_strategy("confidence").select(pool, 3, rng()).tolist() == [3, 1, 4]
+    with pytest.raises(ValueError, match="risk score"):
+        get_strategy("confidence").select(PoolView(predicted_loss=np.zeros(5)), 2, rng())
+    with pytest.raises(ValueError, match="risk must be"):
+        PoolView(predicted_loss=np.zeros(3), risk=np.array([0.0, np.nan, 1.0]))
