@@ -363,7 +363,16 @@ def run_demo(
 ) -> None:
     workdir = workdir.resolve()
     print(f"weather-al demo: working in {workdir}")
-    extra = {"MIN_LABELS": "10", "MANUAL_BATCH": str(k), "TRAIN_EVERY": str(10**6), "AUTO_ACCEPT": "true"}
+    # 60 probes a cycle unless PROBE_SIZE says otherwise, not the default 30: a band is certified at 0.95 with
+    # confidence 0.95 only on at least 59 probes inside it, all right (model.al.certify.labels_needed), so with 30 a
+    # cycle no 600-task demo could show a certified band in its three cycles
+    extra = {
+        "MIN_LABELS": "10",
+        "MANUAL_BATCH": str(k),
+        "PROBE_SIZE": os.environ.get("PROBE_SIZE", "60"),
+        "TRAIN_EVERY": str(10**6),
+        "AUTO_ACCEPT": "true",
+    }
     if epochs:
         extra["EPOCHS"] = str(epochs)
     with stop_signals_interrupt():

@@ -76,24 +76,28 @@ def test_simulate_command_writes_results_and_report(scenes, tmp_path):
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html
 
 
-def test_probes_never_train_or_fit_until_the_strategy_picks_them(scenes, tmp_path):
-    """Issue 14: the probes certify and nothing else; a probe the strategy picks trains from then on."""
-    sim = SimulationData.from_manifest(scenes.manifest_path, pool_size=POOL, test_size=TEST)
-    result = simulate(
+def _tiny_run(sim: SimulationData, strategy: str, seed: int, out, **kwargs):
+    """One run on the tiny pool, audits and probes revealing the truth, no report."""
+    return simulate(
         sim,
-        ["random"],
-        [0],
-        tmp_path,
+        [strategy],
+        [seed],
+        out,
         seed_size=SEED_SIZE,
         k=K,
-        cycles=CYCLES,
         audit_size=AUDIT,
-        probe_size=PROBES,
         train_config=TrainConfig(**TINY_TRAINING),
         calibration_labels="truth",
         progress=False,
         report=False,
+        **kwargs,
     )
+
+
+def test_probes_never_train_or_fit_until_the_strategy_picks_them(scenes, tmp_path):
+    """Issue 14: the probes certify and nothing else; a probe the strategy picks trains from then on."""
+    sim = SimulationData.from_manifest(scenes.manifest_path, pool_size=POOL, test_size=TEST)
+    result = _tiny_run(sim, "random", 0, tmp_path, cycles=CYCLES, probe_size=PROBES)
     trace = result.traces[0]
     probes = set(trace.probe_ids.tolist())
     fit = set(trace.holdout_ids.tolist()) | set(trace.audit_ids.tolist())
@@ -108,20 +112,7 @@ def test_calibration_labels_never_train_and_manual_picks_never_calibrate(scenes,
     sim = SimulationData.from_manifest(scenes.manifest_path, pool_size=POOL, test_size=TEST)
     assert sim.has_truth and len(sim.pool) == POOL and len(sim.test) == TEST
     assert not {e.key for e in sim.pool} & {e.key for e in sim.test}
-    result = simulate(
-        sim,
-        ["loss"],
-        [1],
-        tmp_path,
-        seed_size=SEED_SIZE,
-        k=K,
-        cycles=1,
-        audit_size=AUDIT,
-        train_config=TrainConfig(**TINY_TRAINING),
-        calibration_labels="truth",
-        progress=False,
-        report=False,
-    )
+    result = _tiny_run(sim, "loss", 1, tmp_path, cycles=1)
     trace = result.traces[0]
     calibration = set(trace.holdout_ids.tolist()) | set(trace.audit_ids.tolist())
     assert not calibration & set(trace.train_ids.tolist())
