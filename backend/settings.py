@@ -103,9 +103,9 @@ class Settings(ImageLimits, CacheSettings):
     )
     manual_batch: int = Field(default=100, ge=1, description="K: tasks in the manual band per cycle")
     strategy: StrategyName = Field(
-        default="loss",
-        description="how the manual band is chosen: loss (the paper's predicted loss), loss+diversity, confidence "
-        "(the risk score), entropy, margin or random",
+        default="confidence",
+        description="how the manual band is chosen: confidence (the risk score, lowest confidence first: the "
+        "queue's own order), loss (the paper's predicted loss), loss+diversity, entropy, margin or random",
     )
     risk_score: RiskScoreName = Field(
         default="confidence",

@@ -197,7 +197,7 @@ def plan_cycle(
     k: int,
     audit_size: int,
     probe_size: int = 0,
-    strategy: str | Strategy = "loss",
+    strategy: str | Strategy = "confidence",
     score: str = "confidence",
     target: float = 0.95,
     delta: float = 0.05,

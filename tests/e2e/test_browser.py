@@ -61,8 +61,16 @@ from playwright.sync_api import sync_playwright
 
 from backend.dev.demo import SimulatedAnnotator, Stack, create_scene_project, view_tasks, wait_for_version
 from backend.dev.local_label_studio import LocalLabelStudio
-from backend.labelstudio.client import AUDIT_VIEW, CANDIDATES_VIEW, PROBES_VIEW, QUEUE_VIEW, as_dict
-from backend.labelstudio.predictions import load_risk_score
+from backend.labelstudio.client import (
+    AUDIT_VIEW,
+    CANDIDATES_VIEW,
+    PROBES_VIEW,
+    QUEUE_VIEW,
+    UNCERTAINTY,
+    UNIFORM,
+    as_dict,
+)
+from backend.labelstudio.predictions import load_risk_score, read_calibration
 from backend.store import ModelStore
 from model.schema import LabelSchema
 from model.sim.scenes import generate
@@ -376,7 +384,9 @@ def test_connect_the_backend_and_start_training(loop: Loop, page, artifacts: Pat
     loop.version = wait_for_version(loop.ls, loop.project, None, timeout=TRAINING_TIMEOUT_S)
     assert loop.store.current_version(str(loop.project)) == loop.version
     project = as_dict(loop.ls.projects.get(id=loop.project))
-    assert project["sampling"] == "Uncertainty sampling"
+    # ordered when the fit labels show the first model's risk tells right from wrong, else sampled uniformly
+    can_rank = read_calibration(loop.store.version_dir(str(loop.project), loop.version))["summary"]["can_rank"]
+    assert project["sampling"] == (UNCERTAINTY if can_rank else UNIFORM)
     tasks = loop.tasks()
     unlabeled = [t for t in tasks.values() if not t.get("annotations")]
     assert len(unlabeled) == N_SCENES - SEED_SIZE
