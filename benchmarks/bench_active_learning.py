@@ -469,8 +469,8 @@ def render(
         "# Active-learning benchmark",
         "",
         f"pool {settings['pool']}, test {settings['test']}, seed set {settings['seed_size']}, K {settings['k']}, "
-        f"audit {settings['audit_size']}/cycle, probes {settings.get('probe_size', 0)}/cycle, "
-        f"{settings['cycles']} cycles, seeds {settings['seeds']}, score {settings.get('score', 'loss')}, "
+        f"audit {settings['audit_size']}/cycle, probes {settings['probe_size']}/cycle, "
+        f"{settings['cycles']} cycles, seeds {settings['seeds']}, score {settings['score']}, "
         f"{settings['train_config']['image_size']} px, {settings['train_config']['backbone']}, "
         f"{settings['train_config']['epochs']} epochs, labels of holdout, audits and probes: "
         f"{settings['calibration_labels']}, target {settings['target']} at delta {settings['delta']}",
@@ -562,9 +562,10 @@ def render(
         lines.append(f"| {c} | " + " | ".join(f"{t[p]:.2f}" for p in PHASES) + " |")
     lines += [
         "",
-        "Note: calibration labels 'annotator' certify agreement with the (noisy) annotator; with 2% noise per head "
-        "two heads agree with the truth on about 96% of images, so even a perfect model cannot be certified at 0.95 "
-        "without about a thousand calibration labels in its band. 'truth' models audits by a careful reviewer.",
+        "Note: with --calibration-labels annotator the holdout, audits and probes reveal the (noisy) annotator's "
+        "labels and the certificate speaks of agreement with them; with 2% noise per head two heads agree with the "
+        "truth on about 96% of images, so even a perfect model cannot be certified at 0.95 without about a thousand "
+        "probes in its band. 'truth' models a careful reviewer.",
     ]
     return "\n".join(lines) + "\n"
 

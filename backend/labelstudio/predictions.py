@@ -6,8 +6,8 @@ item for the same task and version.
 The score is the calibrated probability that every head is right, P(every head right | risk), of the
 version's risk score (model.al.confidence.RiskScore: by default the learned confidence over the loss
 module's predicted loss and the heads' outputs; the predicted loss alone with ``RISK_SCORE=loss``). The
-risk score and its isotonic calibration were fitted on labels the classifier did not train on and that
-no certificate is computed on; before a calibration exists the score is
+risk score and its calibration (Platt's, model.al.calibration) were fitted on labels the classifier did
+not train on and that no certificate is computed on; before a calibration exists the score is
 ``model.al.calibration.score_from_loss``'s documented monotone map. Either way it decreases with the
 risk, so "lowest score first" (Label Studio's uncertainty sampling) means "most likely wrong first", the
 order the queue and the bands use.

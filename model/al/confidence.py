@@ -150,10 +150,12 @@ def fit_risk_score(
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(RISK_SCORES)}")
     if score == "loss":
         return RiskScore("loss")
-    confidence = fit_confidence(predicted_loss, probs, correct)
-    if confidence is None or not learned_beats_max_softmax(predicted_loss, probs, correct):
-        return RiskScore(JOINT_MAX_SOFTMAX)
-    return RiskScore("confidence", confidence)
+    confidence = (  # fitted on all the labels only once the out-of-fold comparison says it is worth it
+        fit_confidence(predicted_loss, probs, correct)
+        if learned_beats_max_softmax(predicted_loss, probs, correct)
+        else None
+    )
+    return RiskScore(JOINT_MAX_SOFTMAX) if confidence is None else RiskScore("confidence", confidence)
 
 
 def learned_beats_max_softmax(

@@ -54,8 +54,8 @@ from model.al.strategies import PoolView, Strategy, get_strategy
 logger = logging.getLogger(__name__)
 
 MIN_CALIBRATION_LABELS = 20
-"""Fewer fit labels than this fit no calibrator: an isotonic fit on a handful of labels
-claims certainty it does not have (e.g. five right answers give P(right) = 1 everywhere)."""
+"""Fewer fit labels than this fit no calibrator: a curve fitted on a handful of labels claims certainty it
+does not have (e.g. five right answers put P(right) near 1 everywhere)."""
 
 UNCERTIFIED_AUDIT_SHARE = 0.5
 """While nothing is certified, the audit is drawn from this lowest-risk share of the non-manual pool."""

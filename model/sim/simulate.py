@@ -53,7 +53,7 @@ from model.schema import LabelSchema
 from model.sim.results import RunTrace, SimulationResult
 from model.training.evaluation import evaluate, mean_macro_f1
 from model.training.scoring import ScoreResult, default_workers
-from model.training.trainer import TrainConfig, build_network, train, trainable_stages_for
+from model.training.trainer import TrainConfig, build_network, train
 
 logger = logging.getLogger(__name__)
 
@@ -372,21 +372,15 @@ def _fill_feature_cache(
     """Cache the clean view of every pool and test image at each depth the runs will score at, here and now.
 
     Every run scores the same images at the same depths (the frozen part depends only on how many labels
-    train, model.training.trainer.trainable_stages_for), so this process fills each entry once, with all the
+    train, TrainConfig.stages_for), so this process fills each entry once, with all the
     CPU's threads, instead of every run's process computing it at the same moment as the others.
     """
     config = loop.train_config
     depths = set()
     for seed in seeds:
-        first = len(_Run(sim, "random", seed, loop, inputs).train_ids)
+        first = len(_seed_split(sim, seed, loop)[0])
         for cycle in range(loop.cycles + 1):
-            n = min(first + loop.k * cycle, len(sim.pool))
-            stages = (
-                config.trainable_stages
-                if config.trainable_stages is not None
-                else trainable_stages_for(n, config.unfreeze_at)
-            )
-            depths.add(4 - stages)
+            depths.add(4 - config.stages_for(min(first + loop.k * cycle, len(sim.pool))))
     net = build_network(ExampleSet(sim.schema, []), config).eval()
     for depth in sorted(d for d in depths if d > 0):
         logger.info("caching the features of %d images at depth %d", len(sim.pool) + len(sim.test), depth)
@@ -494,6 +488,13 @@ class _Inputs:
     cache: FeatureCache | None
 
 
+def _seed_split(sim: SimulationData, seed: int, loop: LoopSettings) -> tuple[list[int], list[int]]:
+    """The random seed set of run seed ``seed`` (the same for every strategy), split into (train, holdout)."""
+    seed_ids = np.random.default_rng(seed).choice(len(sim.pool), size=loop.seed_size, replace=False)
+    held = [is_calibration_holdout(sim.pool[i].key, loop.holdout_fraction) for i in seed_ids]
+    return [int(i) for i, h in zip(seed_ids, held) if not h], [int(i) for i, h in zip(seed_ids, held) if h]
+
+
 class _Run:
     """The state of one (strategy, seed) run: which pool images are labeled, and for what (model/al/cycle.py's
     roles: train, fit = holdout and audits, probes)."""
@@ -501,12 +502,7 @@ class _Run:
     def __init__(self, sim: SimulationData, strategy: str, seed: int, loop: LoopSettings, inputs: _Inputs) -> None:
         self.sim, self.strategy, self.seed, self.loop = sim, strategy, seed, loop
         self.decoded, self.cache = inputs.decoded, inputs.cache
-        seed_ids = np.random.default_rng(seed).choice(
-            len(sim.pool), size=loop.seed_size, replace=False
-        )  # same for every strategy
-        held = np.array([is_calibration_holdout(sim.pool[i].key, loop.holdout_fraction) for i in seed_ids], dtype=bool)
-        self.train_ids: list[int] = [int(i) for i in seed_ids[~held]]
-        self.holdout_ids: list[int] = [int(i) for i in seed_ids[held]]
+        self.train_ids, self.holdout_ids = _seed_split(sim, seed, loop)
         self.audit_ids: list[int] = []
         self.probe_ids: list[int] = []
         self.n_seed = loop.seed_size

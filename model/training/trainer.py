@@ -84,6 +84,13 @@ class TrainConfig:
         d["unfreeze_at"] = list(self.unfreeze_at)
         return d
 
+    def stages_for(self, n_labels: int) -> int:
+        """Backbone stage groups a training on ``n_labels`` images trains: ``trainable_stages`` when set, else
+        progressive unfreezing (:func:`trainable_stages_for`)."""
+        if self.trainable_stages is not None:
+            return self.trainable_stages
+        return trainable_stages_for(n_labels, self.unfreeze_at)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
@@ -226,11 +233,7 @@ def train(
 
     device = resolve_device(config.device)
     net = build_network(data, config).to(device)
-    stages = (
-        config.trainable_stages
-        if config.trainable_stages is not None
-        else trainable_stages_for(len(labeled.examples), config.unfreeze_at)
-    )
+    stages = config.stages_for(len(labeled.examples))
     net.set_trainable_stages(stages)
     logger.info(
         "training on %d images (%d after undersampling to max_ratio %.0f), validating on %d; "

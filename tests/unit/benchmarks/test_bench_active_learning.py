@@ -43,6 +43,8 @@ class FakeSimulate:
             "seed_size": 20,
             "k": 5,
             "audit_size": 3,
+            "probe_size": 4,
+            "score": "confidence",
             "cycles": cycles,
             "seeds": seeds,
             "calibration_labels": "truth",
