@@ -404,8 +404,13 @@ def test_connect_the_backend_and_start_training(loop: Loop, page, artifacts: Pat
         SimulatedAnnotator(loop.ls, loop.answers).label(probes)
     finally:
         # the retrain's pool is under 100 tasks: 60 new probes would take the whole certified band from it (a run
-        # measured 17 picks, 10 audits and 60 new probes out of 87, nothing left to accept), so it draws a few
-        loop.store.update_state(pid, extra_params={"probe_size": 5})
+        # measured 17 picks, 10 audits and 60 new probes out of 87, nothing left to accept), so it draws a few. Set
+        # where a lead sets it, the connect dialog's Extra params: Label Studio's /setup calls carry them and
+        # replace what the backend holds for the project. Label Studio 1.23.2 answers a PATCH without the url and
+        # the project with a 500 (it checks the backend's health and calls /setup with what the request holds)
+        (backend,) = loop.ls.ml.list(project=loop.project)
+        loop.ls.ml.update(id=backend.id, url=backend.url, project=loop.project, extra_params={"PROBE_SIZE": 5})
+        assert loop.store.state(pid)["extra_params"] == {"probe_size": 5}, "Label Studio's /setup did not pass it on"
 
 
 def test_label_all_tasks_follows_the_risk(loop: Loop, page, artifacts: Path) -> None:
