@@ -117,7 +117,7 @@ class Settings(ImageLimits, CacheSettings):
         default=30,
         ge=0,
         description="tasks drawn uniformly at random from the unlabeled pool per cycle for people to label: the "
-        "certificate is computed on them alone",
+        "certificate is computed on them alone; at most half of what a cycle leaves unlabeled",
     )
     promote_tolerance: float = Field(
         default=0.01,

@@ -190,6 +190,18 @@ class CyclePlan:
         }
 
 
+def probe_draw(probe_size: int, unlabeled: int) -> int:
+    """How many new probes a cycle draws when ``unlabeled`` images stay unlabeled after its picks and audit.
+
+    ``probe_size``, but never more than half of them: probes are labels people spend so that the rest can
+    be accepted in bulk, and beyond half, a small project's people would label more images to certify
+    the band than the band could ever spare them (a pool of 87 with 17 picks, 10 audits and 60 probes
+    leaves nothing to accept). Halving keeps the draw uniform over what stays unlabeled, so the probes
+    stay an honest sample of the pool.
+    """
+    return min(probe_size, unlabeled // 2)
+
+
 def plan_cycle(
     pool: PoolView,
     fit: Labeled,
@@ -211,8 +223,9 @@ def plan_cycle(
     right; they fit the risk score ``score`` (model.al.confidence.RISK_SCORES) and its calibrator.
     probes: the same for the probes still standing; they certify, and nothing else.
     k: how many images the strategy picks (pool and probes together); audit_size: how many to audit;
-    probe_size: how many new probes to draw. pool_id: model.al.certify.pool_digest of the pool, which
-    the certificate records. estimate_k: bucket size of the best/worst-case estimates.
+    probe_size: how many new probes to draw (at most half of what stays unlabeled, :func:`probe_draw`).
+    pool_id: model.al.certify.pool_digest of the pool, which the certificate records. estimate_k: bucket
+    size of the best/worst-case estimates.
     """
     rng = rng if rng is not None else np.random.default_rng()
     chooser = get_strategy(strategy) if isinstance(strategy, str) else strategy
@@ -252,7 +265,8 @@ def plan_cycle(
         source = f"lowest-risk {UNCERTIFIED_AUDIT_SHARE:.0%} of the pool (nothing certified yet)"
     audit = np.sort(draw_audit_sample(candidates, audit_size, rng))
     bands[audit] = MANUAL
-    new_probes = np.sort(draw_audit_sample(np.flatnonzero(bands != MANUAL), probe_size, rng))
+    left = np.flatnonzero(bands != MANUAL)
+    new_probes = np.sort(draw_audit_sample(left, probe_draw(probe_size, len(left)), rng))
     bands[new_probes] = MANUAL
     automatic = np.flatnonzero(bands == AUTOMATIC)
     deferred = np.flatnonzero(bands == DEFERRED)

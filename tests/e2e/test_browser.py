@@ -27,7 +27,8 @@ Settings, and why they differ from the defaults (for speed on 2 CPU cores, and a
   on 75 labels in a CPU-friendly minute does not reliably give at 0.95/0.05; 60 probes (a multiple
   of TRAIN_EVERY, so that labeling them leaves the count of annotation events where it was) give
   the retrain room to certify a band. The retrain itself draws 5 (the project's PROBE_SIZE from then
-  on): its pool is under 100 tasks, and 60 new probes would leave its certified band nothing to accept.
+  on): its pool is under 100 tasks, and 60 asked would take half of what it leaves unlabeled (the most a
+  draw takes, model.al.cycle.probe_draw), out of the band the bulk-accept test accepts.
 - Scenes: 300 synthetic scenes, day or night (no dusk), clear weather, no label noise: easy enough
   that such a model is ~95% right, so that a certified band exists. 150 of them are the random seed
   set, labeled through the API before the backend is connected; half of those are held out for
@@ -403,8 +404,8 @@ def test_connect_the_backend_and_start_training(loop: Loop, page, artifacts: Pat
     try:
         SimulatedAnnotator(loop.ls, loop.answers).label(probes)
     finally:
-        # the retrain's pool is under 100 tasks: 60 new probes would take the whole certified band from it (a run
-        # measured 17 picks, 10 audits and 60 new probes out of 87, nothing left to accept), so it draws a few. Set
+        # the retrain's pool is under 100 tasks: 60 new probes took the whole certified band from it before draws
+        # were capped at half of what stays unlabeled (17 picks, 10 audits and 60 probes of 87), so it draws a few. Set
         # where a lead sets it, the connect dialog's Extra params: Label Studio's /setup calls carry them and
         # replace what the backend holds for the project. Label Studio 1.23.2 answers a PATCH without the url and
         # the project with a 500 (it checks the backend's health and calls /setup with what the request holds)

@@ -30,7 +30,7 @@ from backend.worker.cycle import run_cycle
 from backend.worker.lease import LockLost, RunLease
 from backend.worker.progress import CycleProgress, read_progress
 from backend.worker.project_data import read_project
-from model.al.cycle import Labeled, plan_cycle
+from model.al.cycle import Labeled, plan_cycle, probe_draw
 from model.al.strategies import PoolView
 from model.schema import DEFAULT_LABEL_CONFIG, LabelSchema
 from model.training.trainer import TrainConfig
@@ -101,8 +101,9 @@ class FakeLabelStudio:
 
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
-    """Project 3: 14 labeled and 6 unlabeled tiny images, tiny training, images read from disk."""
-    data = write_tiny_set(tmp_path / "imgs", 20)
+    """Project 3: 14 labeled and 12 unlabeled tiny images (enough for 3 probes a cycle, model.al.cycle.probe_draw),
+    tiny training, images read from disk."""
+    data = write_tiny_set(tmp_path / "imgs", 26)
     heads = [h.name for h in SCHEMA.heads]
     tasks = [
         {
@@ -197,7 +198,10 @@ def test_the_strategy_and_risk_score_settings_reach_the_worker(project, monkeypa
     monkeypatch.setattr(jobs, "plan_cycle", recording_plan)
     out = run_cycle("3", settings, store, None)
     assert out["result"] == "promoted" and used == [("margin", "loss", 2)]
-    assert out["summary"]["score"] == "loss" and out["summary"]["counts"]["probes"] == 2
+    counts = out["summary"]["counts"]
+    assert out["summary"]["score"] == "loss" and counts["probes"] == probe_draw(
+        2, counts["pool"] - counts["manual"] - counts["audit"]
+    )
     version_dir = store.version_dir("3", out["version"])
     assert json.loads((version_dir / CALIBRATION_FILE).read_text())["risk_score"] == {
         "source": "loss",
@@ -322,7 +326,7 @@ def test_a_cycle_reports_its_training_and_the_whole_pools_scoring(project):
     training = [c for c in calls if c[0] == "training"]
     assert training and training[0][1] == 1 and all(total == training[0][2] for _, _, total in training)
     scoring = [(done, total) for phase, done, total in calls if phase == "scoring"]
-    assert scoring[0] == (0, 6) and scoring[-1] == (6, 6) and {total for _, total in scoring} == {6}
+    assert scoring[0] == (0, 12) and scoring[-1] == (12, 12) and {total for _, total in scoring} == {12}
     assert [done for done, _ in scoring] == sorted(done for done, _ in scoring)  # never backwards across chunks
     features = [(done, total) for phase, done, total in calls if phase == "features"]
     assert features and features[-1][0] == features[-1][1]  # the frozen features were computed, to the end
@@ -330,8 +334,8 @@ def test_a_cycle_reports_its_training_and_the_whole_pools_scoring(project):
     shown = read_progress(broker.conn, "3")
     assert shown is not None and (shown.phase, shown.done, shown.total, shown.version) == (
         "scoring",
-        6,
-        6,
+        12,
+        12,
         out["version"],
     )
     broker.conn.flushdb()

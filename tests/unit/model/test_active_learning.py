@@ -82,6 +82,14 @@ def test_audit_is_drawn_from_the_certified_band_and_new_probes_from_all_that_sta
     )
 
 
+def test_a_small_pool_draws_at_most_half_of_what_stays_unlabeled_as_probes():
+    pool = _pool(n=90)
+    plan = _plan(pool, k=17, audit_size=10, probe_size=60)
+    left = len(pool) - len(plan.manual) - len(plan.audit)
+    assert len(plan.probes) == left // 2 and len(plan.automatic) + len(plan.deferred) == left - left // 2
+    assert len(_plan(_pool(), k=17, audit_size=10, probe_size=60).probes) == 60  # a large pool: as asked
+
+
 def test_certification_refuses_when_probes_are_few_and_says_how_many_more():
     pool = _pool()
     needed = labels_needed(0.95, 0.05)
