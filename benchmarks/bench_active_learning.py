@@ -27,6 +27,10 @@ would otherwise throw finished runs away); each run records its commit and the r
 ``--fresh`` runs everything again. One line per finished cycle says how long the benchmark has left.
 Run it from a checkout nobody edits meanwhile (``git worktree add``, then PYTHONPATH=that checkout):
 its job processes import the code when they start, which may be an hour after the command did.
+The runs behind the README's tables are kept in the repository, ``--cache-dir benchmarks/results/active-learning``
+(finished runs only, about 100 kB each): the full benchmark takes longer than a working session on 2 cores,
+and a new machine starts with an empty ``~/.cache``, so a later session on any machine carries on from
+them, and the same command reprints the tables without running anything once all are there.
 
 Small version on CPU: ``python benchmarks/bench_active_learning.py --pool 300 --seed-size 100 --k 50
 --audit 20 --probes 20 --cycles 2 --seeds 0 --image-size 96 --epochs 3 --out runs/bench-smoke``. Full
