@@ -228,18 +228,16 @@ def test_the_views_list_the_waiting_probes_and_keep_them_and_later_tasks_out_of_
     update_views(ls, certified={4: 0.97, 6: 0.99}, audit_ids=[2], probe_ids=[3, 5])
     views = {v["data"]["title"]: v["data"] for v in fake.views.values()}
     candidates = views[CANDIDATES_VIEW]["filters"]["items"]
-    assert {
-        "filter": "filter:tasks:id",
-        "operator": "in",
-        "type": "Number",
-        "value": {"min": 4, "max": 6},
-    } in candidates
-    assert {
-        "filter": "filter:tasks:predictions_score",
-        "operator": "in",
-        "type": "Number",
-        "value": {"min": 0.97, "max": 1.0},
-    } in candidates
+
+    def in_range(column: str, low: float, high: float) -> dict:
+        return {
+            "filter": f"filter:tasks:{column}",
+            "operator": "in",
+            "type": "Number",
+            "value": {"min": low, "max": high},
+        }
+
+    assert in_range("id", 4, 6) in candidates and in_range("predictions_score", 0.97, 1.0) in candidates
     excluded = [f["value"] for f in candidates if f["filter"] == "filter:tasks:id" and f["operator"] == "not_equal"]
     assert excluded == [2, 3, 5]
 
