@@ -386,12 +386,17 @@ def probe_redraw_check(trace: RunTrace, draws: int, target: float, delta: float,
     unlabeled (model/al/cycle.py says why). Each redraw takes as many uniformly from that set (unlabeled
     pool plus probes), certifies on them with the run's risk scores, and measures the band's precision
     over the rest of the set against the labels the certificate is about (and against the truth).
+    ``own_*``: the run's own standing probes certified by this checkout's model/al/certify.py, the band over
+    the rest: what the run's last cycle certified, unless the certificate changed after the run was made.
     """
     rng = np.random.default_rng(seed)
     risk = trace.pool_risk
     taken = np.concatenate([trace.train_ids, trace.holdout_ids, trace.audit_ids])
     population = np.setdiff1d(np.flatnonzero(np.isfinite(risk)), taken)
     n = len(trace.probe_ids)
+    own = certify_threshold(risk[trace.probe_ids], trace.correct_calibration[trace.probe_ids], target, delta)
+    rest = np.setdiff1d(population, trace.probe_ids)
+    own_band = rest[risk[rest] <= own.threshold] if own.threshold is not None else rest[:0]
     precisions, precisions_truth, shares, misses, empty = [], [], [], 0, 0
     for _ in range(draws):
         probes = draw_audit_sample(population, n, rng)
@@ -420,6 +425,8 @@ def probe_redraw_check(trace: RunTrace, draws: int, target: float, delta: float,
         "mean_precision": float(np.mean(precisions)) if precisions else None,
         "min_precision_truth": min(precisions_truth, default=None),
         "mean_share": float(np.mean(shares)) if shares else None,
+        "own_share": len(own_band) / max(len(rest), 1),
+        "own_precision_truth": float(trace.correct_truth[own_band].mean()) if len(own_band) else None,
     }
 
 
@@ -525,17 +532,19 @@ def render(
             "",
             f"The bound promises a miss rate of at most delta ({settings['delta']}) over all draws. Each draw takes "
             "as many probes as the run had, uniformly from what it left unlabeled, certifies on them, and measures "
-            "the band's precision over the rest.",
+            "the band's precision over the rest. Own probes: the run's own standing probes certified by this "
+            "checkout's certificate (the table above shows what the run's code certified, if that differs).",
             "",
             "| strategy | seed | probes | miss rate, all draws | miss rate, draws that certified | nothing certified "
-            "| min precision | mean precision | mean share |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| min precision | mean precision | mean share | own probes: share (precision vs truth) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in checks:
             lines.append(
                 f"| {c['strategy']} | {c['seed']} | {c['probes']} | {_f(c['miss_rate'])} "
                 f"| {_f(c['miss_rate_certified'])} | {c['nothing_certified']}/{c['draws']} | {_f(c['min_precision'])} "
-                f"| {_f(c['mean_precision'])} | {_f(c['mean_share'])} |"
+                f"| {_f(c['mean_precision'])} | {_f(c['mean_share'])} "
+                f"| {_f(c['own_share'])} ({_f(c['own_precision_truth'])}) |"
             )
     strategies = list(aurocs)
     lines += [

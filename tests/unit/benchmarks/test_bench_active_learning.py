@@ -164,6 +164,8 @@ def test_probe_redraws_measure_what_the_bound_promises(bench):
     check = bench.probe_redraw_check(precise, draws=50, target=0.95, delta=0.05)
     assert check["probes"] == 300 and check["nothing_certified"] < 5
     assert check["miss_rate"] == 0 and check["min_precision"] >= 0.95 and 0.3 < check["mean_share"] < 0.55
+    # its own probes are the lowest-risk ones left (risk up to 0.1): certified, the band is what lies under them
+    assert check["own_precision_truth"] == 1.0 and 0 < check["own_share"] < 0.1
 
     noisy = _trace("random", 0, pool=n)
     noisy.pool_risk, noisy.probe_ids = rng.permutation(risk), np.arange(100, 400)

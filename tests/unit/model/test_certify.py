@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta
 
-from model.al.certify import Certificate, certify_threshold, clopper_pearson_lower, labels_needed
+from model.al.certify import Certificate, certify_threshold, clopper_pearson_lower, labels_needed, walk_starts
 
 
 @pytest.mark.parametrize("successes, n", [(1, 1), (7, 10), (10, 10), (45, 50), (950, 1000), (3, 200)])
@@ -48,9 +48,51 @@ def test_refuses_with_few_labels_and_says_how_many_more():
     assert "19" in cert.message
 
 
-def test_min_in_band_raises_the_count_needed():
-    cert = certify_threshold(np.linspace(0, 1, 80), np.ones(80, bool), min_in_band=100)
-    assert cert.threshold is None and cert.more_labels_needed == 20
+def test_few_probes_walk_once_at_delta_and_more_probes_walk_from_doubling_bands_at_a_split_delta():
+    assert walk_starts(100, 0.95, 0.05) == ([59], 0.05)
+    starts, level = walk_starts(500, 0.95, 0.05)
+    assert level == pytest.approx(0.05 / 3) and starts == [labels_needed(0.95, 0.05 / 3) * 2**j for j in range(3)]
+    assert starts[-1] <= 500 < labels_needed(0.95, 0.05 / 4) * 8  # a fourth walk would not fit
+    for n in (59, 150, 1000, 5000):
+        starts, level = walk_starts(n, 0.95, 0.05)
+        assert starts[-1] <= n or len(starts) == 1
+
+
+def test_one_wrong_probe_at_the_lowest_risk_no_longer_ends_certification():
+    """The single walk from 59 probes fails on its first band; the walk from a larger band certifies past it."""
+    correct = np.ones(500, bool)
+    correct[0] = False  # the lowest-risk probe is wrong
+    correct[400:] = False  # and everything past 400
+    risk = np.arange(500.0)
+    cert = certify_threshold(risk, correct)
+    starts, level = walk_starts(500, 0.95, 0.05)
+    assert clopper_pearson_lower(58, 59, 0.05) < 0.95  # what stopped the single walk
+    assert cert.threshold is not None and cert.n_in_band > starts[1]
+    right = int(correct[: cert.n_in_band].sum())
+    assert cert.lower_bound == pytest.approx(clopper_pearson_lower(right, cert.n_in_band, level))
+    assert cert.lower_bound >= 0.95 and cert.n_in_band < 420
+
+
+def test_certified_bands_miss_the_target_in_at_most_delta_of_probe_draws():
+    """The bound's promise, checked by drawing probes again and again: from a pool whose precision falls with the
+    risk, most draws certify and at most delta (plus sampling slack) of them a band under the target; from a pool
+    whose every band is 0.94 right, any certificate is a miss, and at most delta of the draws give one."""
+    rng = np.random.default_rng(0)
+    n_pool, n_probes, draws, target, delta = 20_000, 600, 400, 0.95, 0.05
+    slack = 3 * np.sqrt(delta * (1 - delta) / draws)
+    risk = np.sort(rng.uniform(size=n_pool))
+    for error_rate, certifies in ((0.12 * risk**2, True), (np.full(n_pool, 0.06), False)):
+        correct = rng.uniform(size=n_pool) >= error_rate
+        band_precision = np.cumsum(correct) / np.arange(1, n_pool + 1)
+        misses = certified = 0
+        for _ in range(draws):
+            probes = rng.choice(n_pool, n_probes, replace=False)
+            cert = certify_threshold(risk[probes], correct[probes], target=target, delta=delta)
+            if cert.threshold is not None:
+                certified += 1
+                misses += band_precision[np.searchsorted(risk, cert.threshold, side="right") - 1] < target
+        assert misses / draws <= delta + slack
+        assert certified > draws / 2 if certifies else certified / draws <= delta + slack
 
 
 def test_certifies_loosest_threshold_when_all_right():
@@ -76,12 +118,14 @@ def test_fixed_sequence_stops_at_first_failure():
     perm = rng.permutation(correct.size)  # input order must not matter
     cert = certify_threshold(loss[perm], correct[perm])
 
-    assert clopper_pearson_lower(int(correct.sum()), correct.size, 0.05) >= 0.95  # a looser threshold passes
+    starts, level = walk_starts(correct.size, 0.95, 0.05)
+    assert clopper_pearson_lower(int(correct.sum()), correct.size, level) >= 0.95  # a looser threshold passes
     expected = None
-    for n in range(59, correct.size + 1):  # independent walk, strict to loose
-        if clopper_pearson_lower(int(correct[:n].sum()), n, 0.05) < 0.95:
-            break
-        expected = loss[n - 1]
+    for start in starts:  # independent walks, strict to loose, each from its own start
+        for n in range(start, correct.size + 1):
+            if clopper_pearson_lower(int(correct[:n].sum()), n, level) < 0.95:
+                break
+            expected = max(expected or 0.0, loss[n - 1])
     assert expected is not None and expected < 160
     assert cert.threshold == expected
     assert cert.n_in_band == int(expected) + 1
